@@ -1,0 +1,126 @@
+"""ResNet backbone with frozen BatchNorm, and the Joiner that adds position encodings.
+
+Differences from the official `models/backbone.py`:
+- no NestedTensor: `forward(images, padding_mask)` takes the mask (True on padding) explicitly;
+- building never downloads anything: ImageNet weights are opt-in (`pretrained="imagenet"`, a path
+  or a URL), where the official code always asks for them on rank 0;
+- DC5 on resnet18/34 raises a clear ValueError instead of torchvision's NotImplementedError.
+State-dict keys are the official ones (`backbone.0.body.*`, `backbone.1.*` for learned PE).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
+IMAGENET_WEIGHTS = {  # what the official code gets from torchvision's pretrained=True
+    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
+    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
+    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
+    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+}
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters, all stored as buffers.
+
+    With batches of 2 images per GPU, batch statistics are too noisy to train, so DETR keeps the
+    ImageNet ones. eps = 1e-5 as in the official code (torchvision's own class used 0 back then).
+    """
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # torchvision's BatchNorm2d checkpoints carry num_batches_tracked; we have no use for it.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        scale = self.weight * (self.running_var + self.eps).rsqrt()     # (C,)
+        shift = self.bias - self.running_mean * scale                   # (C,)
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+class Backbone(nn.Module):
+    """A torchvision ResNet up to layer4, returning its last feature map and the padding mask
+    downsampled to it.
+
+    `train_backbone=False` freezes every parameter; otherwise the stem and layer1 stay frozen, as
+    in the official code (they are generic edge detectors once pretrained).
+    """
+
+    def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False,
+                 pretrained: str = ""):
+        super().__init__()
+        if name not in RESNETS:
+            raise ValueError(f"backbone={name!r} is not supported; choose one of {', '.join(RESNETS)}.")
+        if dilation and name in ("resnet18", "resnet34"):
+            raise ValueError(f"dilation=True (DC5) needs a Bottleneck ResNet (resnet50/101); {name} "
+                             "uses BasicBlocks, which torchvision cannot dilate. Drop --dilation or "
+                             "use --backbone resnet50.")
+        resnet = getattr(torchvision.models, name)(
+            weights=None, replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=FrozenBatchNorm2d)
+        if pretrained:
+            resnet.load_state_dict(load_imagenet_weights(name, pretrained), strict=False)
+        self.body = nn.Sequential(OrderedDict(
+            (n, m) for n, m in resnet.named_children() if n not in ("avgpool", "fc")))
+        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        for param_name, param in self.body.named_parameters():
+            if not train_backbone or not any(f"layer{i}" in param_name for i in (2, 3, 4)):
+                param.requires_grad_(False)
+
+    def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """images (B, 3, H, W); padding_mask (B, H, W) True on padding -> (B, C, h, w), (B, h, w)."""
+        features = self.body(images)                                       # (B, C, H/32, W/32)
+        mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()  # nearest
+        return features, mask
+
+
+def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
+    """ResNet weights from "imagenet" (torchvision's download), a local path or a URL."""
+    from detr_full.checkpoint import load_checkpoint  # deferred: checkpoint imports nothing of ours
+
+    if source == "imagenet":
+        weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
+        return load_checkpoint(weights.url)["model"]
+    return load_checkpoint(source)["model"]
+
+
+class Joiner(nn.Sequential):
+    """Backbone followed by a position encoding. An nn.Sequential only so that the state-dict keys
+    are the official `backbone.0.*` (ResNet) and `backbone.1.*` (learned position encoding)."""
+
+    def __init__(self, backbone: Backbone, position_embedding: nn.Module):
+        super().__init__(backbone, position_embedding)
+        self.num_channels = backbone.num_channels
+
+    def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> features (B, C, h, w), mask (B, h, w), pos (B, D, h, w) in the features' dtype."""
+        features, mask = self[0](images, padding_mask)
+        pos = self[1](mask).to(features.dtype)
+        return features, mask, pos
+
+
+def build_backbone(name: str, position_embedding: nn.Module, lr_backbone: float = 1e-5,
+                   dilation: bool = False, pretrained: Optional[str] = "") -> Joiner:
+    return Joiner(Backbone(name, train_backbone=lr_backbone > 0, dilation=dilation,
+                           pretrained=pretrained or ""), position_embedding)

@@ -1,0 +1,97 @@
+"""DETR: backbone -> transformer -> a class and a box prediction per query (paper section 3.2).
+
+Dimension key: B batch, Q queries, T target boxes, C backbone channels, D hidden, h w feature map,
+L = h*w, K = num_classes + 1 (the last logit is "no object").
+
+Differences from the official `models/detr.py`: no NestedTensor (`forward(images, padding_mask)`),
+the criterion and post-processing live in their own files, and `build_detr` takes a `DETRConfig`
+instead of the argparse namespace. Parameter names are the official ones.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_full.backbone import build_backbone
+from detr_full.config import DETRConfig
+from detr_full.criterion import SetCriterion
+from detr_full.matcher import HungarianMatcher
+from detr_full.position_encoding import build_position_encoding
+from detr_full.postprocess import PostProcess
+from detr_full.transformer import Transformer
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with ReLU in between (the box head: 3 layers, D -> D -> D -> 4)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class DETR(nn.Module):
+    def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
+                 num_queries: int, aux_loss: bool = False):
+        super().__init__()
+        d = transformer.d_model
+        self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
+        self.transformer = transformer
+        self.class_embed = nn.Linear(d, num_classes + 1)                # +1: "no object"
+        self.bbox_embed = MLP(d, d, 4, 3)
+        self.query_embed = nn.Embedding(num_queries, d)                 # the object queries
+        self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
+        self.backbone = backbone
+
+    def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None) -> dict:
+        """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding).
+        Returns pred_logits (B, Q, K) and pred_boxes (B, Q, 4) as cxcywh in [0, 1], plus
+        aux_outputs (one such dict per earlier decoder layer) when aux_loss."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"DETR expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
+                             "Batch a list of images with detr_full.data.collate.pad_images.")
+        if padding_mask is None:
+            padding_mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool,
+                                       device=images.device)
+        elif padding_mask.shape != (images.shape[0], *images.shape[2:]) or padding_mask.dtype != torch.bool:
+            raise ValueError(f"padding_mask must be bool of shape (B, H, W) = {(images.shape[0], *images.shape[2:])}, "
+                             f"True on padding; got {padding_mask.dtype} {tuple(padding_mask.shape)}.")
+        features, mask, pos = self.backbone(images, padding_mask)       # (B, C, h, w), (B, h, w), (B, D, h, w)
+        hs = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)[0]  # (layers, B, Q, D)
+        logits = self.class_embed(hs)                                   # (layers, B, Q, K)
+        boxes = self.bbox_embed(hs).sigmoid()                           # (layers, B, Q, 4)
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+
+def loss_weights(cfg: DETRConfig) -> dict[str, float]:
+    """The weighted loss terms, with `_i` copies for the auxiliary decoder layers (paper eq. 2)."""
+    weights = {"loss_ce": 1.0, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
+    if cfg.aux_loss:
+        weights.update({f"{k}_{i}": v for i in range(cfg.dec_layers - 1) for k, v in list(weights.items())})
+    return weights
+
+
+def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
+    """The model, its training criterion and the post-processor, as the official build(args)."""
+    backbone = build_backbone(cfg.backbone, build_position_encoding(cfg.position_embedding, cfg.hidden_dim),
+                              lr_backbone=cfg.lr_backbone, dilation=cfg.dilation,
+                              pretrained=cfg.pretrained_backbone)
+    transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
+                              num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
+                              dropout=cfg.dropout, normalize_before=cfg.pre_norm)
+    model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss)
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+    criterion = SetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef)
+    return model, criterion, PostProcess()

@@ -1,0 +1,194 @@
+"""The DETR encoder-decoder transformer (paper section 3.2 and figure 10).
+
+Dimension key: B batch, Q queries, D hidden (d_model), H heads, h w feature map, L = h*w.
+
+Differences from the official `models/transformer.py` (itself a modified copy of nn.Transformer):
+- batch-first everywhere: (B, L, D), never (L, B, D);
+- attention calls `F.scaled_dot_product_attention` and only materialises the (B, Lq, Lk) weight
+  matrix when asked (`attention.return_weights = True`, what the attention-map notebook does).
+  The official layers ask nn.MultiheadAttention for weights at every call and then discard them;
+- `memory + pos`, the cross-attention keys' input, is computed once instead of once per decoder layer;
+- relu only (the official activation flag is never set by main.py).
+Parameter names are the official ones, so official checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiheadAttention(nn.Module):
+    """Batch-first multi-head attention with nn.MultiheadAttention's parameter names
+    (`in_proj_weight`, `in_proj_bias`, `out_proj`).
+
+    forward returns `(output, weights)` like nn.MultiheadAttention; `weights` (B, Lq, Lk), averaged
+    over heads, is None unless `self.return_weights` is True.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"hidden_dim={embed_dim} must be divisible by nheads={num_heads}.")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.return_weights = False
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """query (B, Lq, D), key and value (B, Lk, D), key_padding_mask (B, Lk) True on padding."""
+        d, heads = self.embed_dim, self.num_heads
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if query is key:  # self-attention: q and k share their input, one matmul for both
+            q, k = F.linear(query, w[: 2 * d], b[: 2 * d]).chunk(2, dim=-1)
+        else:
+            q, k = F.linear(query, w[:d], b[:d]), F.linear(key, w[d: 2 * d], b[d: 2 * d])
+        v = F.linear(value, w[2 * d:], b[2 * d:])
+        bsz, lq, lk = query.shape[0], query.shape[1], key.shape[1]
+        q = q.view(bsz, lq, heads, d // heads).transpose(1, 2)             # (B, H, Lq, D/H)
+        k = k.view(bsz, lk, heads, d // heads).transpose(1, 2)             # (B, H, Lk, D/H)
+        v = v.view(bsz, lk, heads, d // heads).transpose(1, 2)
+        # SDPA's boolean mask means "may attend", the opposite of key_padding_mask.
+        attend = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if self.return_weights:
+            scores = (q * (d // heads) ** -0.5) @ k.transpose(-2, -1)       # (B, H, Lq, Lk)
+            if attend is not None:
+                scores = scores.masked_fill(~attend, float("-inf"))
+            attn = scores.softmax(-1)
+            weights = attn.mean(1)                                          # (B, Lq, Lk)
+            out = F.dropout(attn, dropout, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(bsz, lq, d)                       # (B, Lq, D)
+        return self.out_proj(out), weights
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Self-attention + FFN; the position encoding is added to queries and keys, never to values."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout, self.dropout1, self.dropout2 = (nn.Dropout(dropout) for _ in range(3))
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, src: Tensor, padding_mask: Optional[Tensor], pos: Tensor) -> Tensor:
+        """src, pos (B, L, D); padding_mask (B, L) True on padding -> (B, L, D)."""
+        if self.normalize_before:
+            x = self.norm1(src)
+            q = k = x + pos
+            src = src + self.dropout1(self.self_attn(q, k, x, padding_mask)[0])
+            return src + self.dropout2(self._ffn(self.norm2(src)))
+        q = k = src + pos
+        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, padding_mask)[0]))
+        return self.norm2(src + self.dropout2(self._ffn(src)))
+
+
+class TransformerDecoderLayer(nn.Module):
+    """Self-attention among queries, cross-attention to the encoder memory, FFN."""
+
+    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False):
+        super().__init__()
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
+        self.dropout, self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(4))
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x: Tensor) -> Tensor:
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, tgt: Tensor, memory: Tensor, memory_with_pos: Tensor,
+                memory_padding_mask: Optional[Tensor], query_pos: Tensor) -> Tensor:
+        """tgt, query_pos (B, Q, D); memory, memory_with_pos (B, L, D); mask (B, L) -> (B, Q, D)."""
+        if self.normalize_before:
+            x = self.norm1(tgt)
+            q = k = x + query_pos
+            tgt = tgt + self.dropout1(self.self_attn(q, k, x)[0])
+            x = self.norm2(tgt)
+            tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, memory_with_pos, memory,
+                                                          memory_padding_mask)[0])
+            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
+        q = k = tgt + query_pos
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)[0]))
+        tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, memory_with_pos, memory,
+                                                                 memory_padding_mask)[0]))
+        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, layer: TransformerEncoderLayer, num_layers: int, norm: Optional[nn.LayerNorm]):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = norm  # only with pre-norm: the last layer's output is otherwise un-normalised
+
+    def forward(self, src: Tensor, padding_mask: Optional[Tensor], pos: Tensor) -> Tensor:
+        for layer in self.layers:
+            src = layer(src, padding_mask, pos)
+        return src if self.norm is None else self.norm(src)
+
+
+class TransformerDecoder(nn.Module):
+    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.LayerNorm):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
+        self.norm = norm  # shared by every layer's readout, which feeds the auxiliary losses
+
+    def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
+                query_pos: Tensor) -> Tensor:
+        """-> (num_layers, B, Q, D): the normalised output of every layer."""
+        memory_with_pos = memory + pos
+        outputs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos)
+            outputs.append(self.norm(tgt))
+        return torch.stack(outputs)
+
+
+class Transformer(nn.Module):
+    def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
+                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
+                 normalize_before: bool = False):
+        super().__init__()
+        enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        self.encoder = TransformerEncoder(enc, num_encoder_layers,
+                                          nn.LayerNorm(d_model) if normalize_before else None)
+        dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
+        self.decoder = TransformerDecoder(dec, num_decoder_layers, nn.LayerNorm(d_model))
+        self.d_model, self.nhead = d_model, nhead
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
+        Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
+        b, d, h, w = src.shape
+        src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
+        pos = pos_embed.flatten(2).transpose(1, 2)                         # (B, L, D)
+        mask = mask.flatten(1)                                             # (B, L)
+        query_pos = query_embed[None].expand(b, -1, -1)                    # (B, Q, D)
+        tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros; queries enter as positions
+        memory = self.encoder(src, mask, pos)                              # (B, L, D)
+        hs = self.decoder(tgt, memory, mask, pos, query_pos)               # (layers, B, Q, D)
+        return hs, memory.transpose(1, 2).reshape(b, d, h, w)
