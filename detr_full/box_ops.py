@@ -38,8 +38,8 @@ def _iou_and_union(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     return inter / union, union
 
 
-def _giou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """GIoU of broadcastable (..., 4) xyxy boxes -> (...)."""
+def giou_broadcast(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """GIoU of broadcastable (..., 4) xyxy boxes -> (...), unchecked: callers validate the boxes."""
     iou, union = _iou_and_union(boxes1, boxes2)
     top_left = torch.min(boxes1[..., :2], boxes2[..., :2])              # smallest enclosing box
     bottom_right = torch.max(boxes1[..., 2:], boxes2[..., 2:])
@@ -71,7 +71,7 @@ def generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """
     check_boxes_xyxy(boxes1, "boxes1")
     check_boxes_xyxy(boxes2, "boxes2")
-    return _giou(boxes1[:, None, :], boxes2[None, :, :])
+    return giou_broadcast(boxes1[:, None, :], boxes2[None, :, :])
 
 
 def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
@@ -79,24 +79,23 @@ def paired_generalized_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     boxes1 (N, 4), boxes2 (N, 4), both xyxy -> (N,)."""
     check_boxes_xyxy(boxes1, "boxes1")
     check_boxes_xyxy(boxes2, "boxes2")
-    return _giou(boxes1, boxes2)
+    return giou_broadcast(boxes1, boxes2)
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
     """Tight boxes around binary masks. masks (N, H, W) -> (N, 4) xyxy, pixel-inclusive maxima.
 
-    An empty mask gives the box (0, 0, 0, 0).
+    An empty mask gives (1e8, 1e8, 0, 0), as in the official code: an inverted box that any
+    validity check rejects.
     """
     if masks.numel() == 0:
         return torch.zeros((0, 4), device=masks.device)
-    n, h, w = masks.shape
     masks = masks.bool()
+    h, w = masks.shape[-2:]
     ys = torch.arange(h, dtype=torch.float, device=masks.device)[None, :, None]  # (1, H, 1)
     xs = torch.arange(w, dtype=torch.float, device=masks.device)[None, None, :]  # (1, 1, W)
-    big = torch.tensor(1e8, device=masks.device)
-    x_max = torch.where(masks, xs, -big).flatten(1).max(-1).values
-    x_min = torch.where(masks, xs, big).flatten(1).min(-1).values
-    y_max = torch.where(masks, ys, -big).flatten(1).max(-1).values
-    y_min = torch.where(masks, ys, big).flatten(1).min(-1).values
-    boxes = torch.stack([x_min, y_min, x_max, y_max], dim=1)
-    return torch.where(masks.flatten(1).any(-1, keepdim=True), boxes, torch.zeros_like(boxes))
+    x_max = (masks * xs).flatten(1).max(-1).values
+    y_max = (masks * ys).flatten(1).max(-1).values
+    x_min = (masks * xs).masked_fill(~masks, 1e8).flatten(1).min(-1).values
+    y_min = (masks * ys).masked_fill(~masks, 1e8).flatten(1).min(-1).values
+    return torch.stack([x_min, y_min, x_max, y_max], dim=1)

@@ -2,18 +2,18 @@
 
 Dimension key: B batch, Q queries, K classes (incl. no-object), T targets in the whole batch.
 
-Like the official matcher, the cost matrix is computed for the whole batch at once and moved to
-the host in a single transfer; scipy then solves one assignment per image on its diagonal block.
+The cost is computed for the whole batch in one batched call and moved to the host in a single
+transfer; scipy then solves one assignment per image.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
-from detr_full.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detr_full.box_ops import box_cxcywh_to_xyxy, check_boxes_xyxy, giou_broadcast
 
 
 class HungarianMatcher(nn.Module):
@@ -26,19 +26,26 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def cost_matrix(self, outputs: dict, targets: list[dict]) -> Tensor:
-        """The batched matching cost (B, Q, T): entry [b, q, t] is the cost of assigning query q of
-        image b to target t of the batch (only the block of image b's own targets is used)."""
-        bsz, num_queries = outputs["pred_logits"].shape[:2]
-        prob = outputs["pred_logits"].flatten(0, 1).softmax(-1)            # (B*Q, K)
-        boxes = outputs["pred_boxes"].flatten(0, 1)                         # (B*Q, 4) cxcywh
-        tgt_ids = torch.cat([t["labels"] for t in targets])                 # (T,)
-        tgt_boxes = torch.cat([t["boxes"] for t in targets])                # (T, 4) cxcywh
+        """The matching cost (B, Q, T_max): entry [b, q, t] is the cost of giving query q of image b
+        the target t of the same image; columns past image b's own T_b targets are padding.
+
+        The official matcher scores every query against every target of the whole batch and then
+        keeps the diagonal blocks; scoring each image against its own targets only is B times less
+        work and gives the same blocks.
+        """
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]    # (B, Q, K), (B, Q, 4) cxcywh
+        bsz, num_queries = logits.shape[:2]
+        # Pad each image's targets to T_max with class 0 and a valid box, so padding costs stay finite.
+        tgt_ids = pad_sequence([t["labels"] for t in targets], batch_first=True)  # (B, T_max)
+        tgt_boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True, padding_value=0.5)  # (B, T_max, 4)
+        prob = logits.softmax(-1)                                          # (B, Q, K)
         # The class cost approximates -log p with -p: it is on the same scale as the box costs.
-        cost_class = -prob[:, tgt_ids]                                      # (B*Q, T)
-        cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)                      # (B*Q, T)
-        cost_giou = -generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes))
-        cost = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-        return cost.view(bsz, num_queries, -1)                              # (B, Q, T)
+        cost_class = -prob.gather(2, tgt_ids[:, None, :].expand(-1, num_queries, -1))  # (B, Q, T_max)
+        cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)                     # (B, Q, T_max)
+        pred_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes)
+        check_boxes_xyxy(tgt_xyxy, "target boxes")
+        cost_giou = -giou_broadcast(pred_xyxy[:, :, None, :], tgt_xyxy[:, None, :, :])      # (B, Q, T_max)
+        return self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
@@ -50,12 +57,11 @@ class HungarianMatcher(nn.Module):
         if sum(sizes) == 0:
             return [(empty, empty) for _ in sizes]
         cost = self.cost_matrix(outputs, targets).cpu().numpy()            # the one host transfer
-        offsets = np.cumsum([0] + sizes)
         indices = []
-        for b, (start, end) in enumerate(zip(offsets[:-1], offsets[1:])):
-            if start == end:
+        for b, size in enumerate(sizes):
+            if size == 0:
                 indices.append((empty, empty))
                 continue
-            rows, cols = linear_sum_assignment(cost[b, :, start:end])
+            rows, cols = linear_sum_assignment(cost[b, :, :size])
             indices.append((torch.from_numpy(rows).long(), torch.from_numpy(cols).long()))
         return indices

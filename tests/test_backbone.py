@@ -1,0 +1,67 @@
+import pytest
+import torch
+from torch import nn
+
+from detr_full.backbone import Backbone, FrozenBatchNorm2d, build_backbone
+from detr_full.position_encoding import PositionEmbeddingSine
+
+
+def test_frozen_bn_golden(golden):
+    u = golden["units"]["frozen_bn"]
+    bn = FrozenBatchNorm2d(8)
+    bn.load_state_dict(u["buffers"])
+    torch.testing.assert_close(bn(u["input"]), u["output"], rtol=0, atol=1e-6)
+    assert "num_batches_tracked" not in bn.state_dict()
+
+
+def test_frozen_bn_equals_eval_batchnorm_and_drops_num_batches_tracked():
+    ref = nn.BatchNorm2d(4).eval()
+    ref.running_mean.uniform_(-1, 1)
+    ref.running_var.uniform_(0.5, 2)
+    ref.weight.data.uniform_(0.5, 2)
+    ref.bias.data.uniform_(-1, 1)
+    bn = FrozenBatchNorm2d(4)
+    bn.load_state_dict(ref.state_dict())  # has num_batches_tracked: must load
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(bn(x), ref(x))
+    assert not list(bn.parameters())
+
+
+def test_padding_mask_is_downsampled_with_the_features():
+    backbone = Backbone("resnet18")
+    images = torch.randn(2, 3, 96, 128)
+    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
+    mask[1, :, 64:] = True  # image 1 is 96 x 64, padded to 128 wide
+    features, small = backbone(images, mask)
+    assert features.shape == (2, 512, 3, 4) and small.shape == (2, 3, 4)
+    assert not small[0].any() and small[1, :, 2:].all() and not small[1, :, :2].any()
+
+
+def test_stem_and_layer1_are_frozen():
+    backbone = Backbone("resnet18")
+    trainable = {n.split(".")[0] for n, p in backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer2", "layer3", "layer4"}
+    assert not any(p.requires_grad for p in Backbone("resnet18", train_backbone=False).parameters())
+
+
+def test_dc5_keeps_stride_16_and_the_state_dict():
+    images, mask = torch.randn(1, 3, 128, 128), torch.zeros(1, 128, 128, dtype=torch.bool)
+    plain = build_backbone("resnet50", PositionEmbeddingSine(8, normalize=True))
+    dc5 = build_backbone("resnet50", PositionEmbeddingSine(8, normalize=True), dilation=True)
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in dc5.state_dict().items()}
+    assert plain(images, mask)[0].shape[-2:] == (4, 4)
+    assert dc5(images, mask)[0].shape[-2:] == (8, 8)
+
+
+def test_dc5_on_basic_blocks_is_a_clear_error():
+    with pytest.raises(ValueError, match="Bottleneck"):
+        Backbone("resnet18", dilation=True)
+
+
+def test_golden_backbone_features_and_masks(golden_model, golden):
+    inp, ref = golden["inputs"], golden["intermediates"]
+    features, mask, pos = golden_model.backbone(inp["tensors"], inp["mask"])
+    assert torch.equal(mask, ref["backbone_masks"]["0"])
+    err = (features - ref["backbone_features"]["0"]).abs().max()
+    assert err <= 2e-5 * ref["backbone_features"]["0"].abs().max()
+    torch.testing.assert_close(pos, ref["pos"][0], rtol=0, atol=1e-6)
