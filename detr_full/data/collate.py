@@ -1,0 +1,46 @@
+"""Batching images of different sizes: zero-pad bottom/right and say where the padding is.
+
+Replaces the official `NestedTensor` / `nested_tensor_from_tensor_list` with two plain tensors.
+The mask's polarity is the one `nn.MultiheadAttention(key_padding_mask=...)` expects: True = padding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Stack (3, H_i, W_i) images into one zero-padded batch.
+
+    Returns tensors (B, 3, Hmax, Wmax), image i in [:, :H_i, :W_i], and padding_mask (B, Hmax, Wmax)
+    bool, True on padding. Same values as the official `nested_tensor_from_tensor_list`.
+    """
+    if len(images) == 0:
+        raise ValueError("pad_images: got an empty list of images; a batch needs at least one image.")
+    if any(img.dim() != 3 for img in images):
+        shapes = [tuple(img.shape) for img in images]
+        raise ValueError(f"pad_images: expected (C, H, W) images, got shapes {shapes}.")
+    channels = images[0].shape[0]
+    h_max = max(img.shape[1] for img in images)
+    w_max = max(img.shape[2] for img in images)
+    first = images[0]
+    tensors = first.new_zeros((len(images), channels, h_max, w_max))                 # (B, C, Hmax, Wmax)
+    padding_mask = torch.ones((len(images), h_max, w_max), dtype=torch.bool, device=first.device)
+    for i, img in enumerate(images):
+        _, h, w = img.shape
+        tensors[i, :, :h, :w].copy_(img)
+        padding_mask[i, :h, :w] = False
+    return tensors, padding_mask
+
+
+def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, list[dict[str, Any]]]:
+    """DataLoader collate: [(image (3, H, W), target)] -> (images (B, 3, H, W), padding_mask (B, H, W), targets).
+
+    padding_mask is True on padding; targets stay a list because images hold different numbers of boxes.
+    """
+    images, targets = zip(*batch)
+    tensors, padding_mask = pad_images(images)
+    return tensors, padding_mask, list(targets)
