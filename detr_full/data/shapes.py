@@ -43,7 +43,14 @@ SHAPES_CATEGORIES: list[dict[str, Any]] = [
     {"id": 12, "name": "star", "supercategory": "shape"},
     {"id": 18, "name": "cross", "supercategory": "shape"},
 ]
-DEFAULT_ROOT = "data/shapes"     # relative to the current working directory (run from the repo root)
+def _default_root() -> Path:
+    """`<repo>/data/shapes` in a source checkout (wherever the command or notebook runs from),
+    else `data/shapes` under the current working directory."""
+    repo = Path(__file__).resolve().parents[2]
+    return repo / "data" / "shapes" if (repo / "pyproject.toml").is_file() else Path("data") / "shapes"
+
+
+DEFAULT_ROOT = _default_root()
 IMAGE_SIDE = (96, 256)           # each side uniform in this range, independently: aspect 0.375..2.7
 EMPTY_FRACTION = 0.1             # images with no object at all
 MAX_OBJECTS = 8
@@ -278,8 +285,7 @@ def make_shapes(out_dir: PathLike, num_train: int = 2000, num_val: int = 200, se
 def ensure_shapes(root: PathLike = DEFAULT_ROOT, **kwargs: Any) -> Path:
     """The shapes dataset at `root`, generated (with make_shapes(**kwargs)) only if missing.
 
-    `root` is resolved against the current working directory (the default "data/shapes" means the
-    repo's data/ folder when run from the repo root). A dataset counts as present when
+    The default root is the repository's `data/shapes` (see `_default_root`). A dataset counts as present when
     `<root>/annotations/instances_val2017.json` exists; it is then reused as is. Generation writes
     to a temporary sibling folder renamed into place at the end, so an interrupted run never
     leaves a half-written dataset behind.
