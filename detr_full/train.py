@@ -1,0 +1,435 @@
+"""Training and evaluation entry point: `python -m detr_full.train [--flags]` (the official `main.py`).
+
+Every official flag exists with its default (generated from `TrainConfig`), so for instance
+    python -m detr_full.train --coco_path /data/coco --output_dir runs/r50
+    python -m detr_full.train --coco_path /data/coco --eval --resume detr-r50-e632da11.pth
+    torchrun --nproc_per_node 8 -m detr_full.train --coco_path /data/coco --output_dir runs/r50
+`--resume` also takes a URL (https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth).
+From a notebook: `main(TrainConfig(...))` returns the last epoch's stats.
+
+Differences from the official `main.py`:
+- Without `--coco_path`, the synthetic shapes dataset (data/shapes, generated on first use) is used.
+- `num_classes` comes from the annotation file (max category id + 1: 91 on COCO, as the official
+  hard-coded value) unless `--num_classes` is passed explicitly.
+- `--device auto` (default) picks CUDA when available; distributed runs use gloo on CPU.
+- Resume is exact: checkpoints also hold the RNG states of every process (`rng`) and the warm-up
+  state (`warmup`), the training order depends only on `--seed` and the epoch, and evaluation
+  leaves the RNG untouched. Resuming at an epoch boundary reproduces an uninterrupted run bit for
+  bit (CPU, `num_workers` unchanged). `args` is a plain dict and `categories` ({id: name}) is added,
+  so checkpoints load with `torch.load(weights_only=True)` and `predict.py` can name classes.
+- `--finetune_from CKPT` loads weights only and drops those whose shape differs (class head,
+  queries); `--warmup_steps N` adds a linear lr warm-up over the first N iterations.
+- A non-finite loss stops training with a clear message (exit code 1) and leaves the last good
+  checkpoint in place; bad input (dataset, checkpoint, unsupported flag) exits with code 2.
+- `eval.pth` / `eval/*.pth` hold the COCOeval.eval dict with numpy arrays turned into tensors and
+  `params` into a dict, so they too load with `weights_only=True`.
+- `plots.png` (loss / class error / AP50 curves) is rewritten after every epoch.
+- Not supported: `--masks`, `--frozen_weights`, `--dataset_file coco_panoptic`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from detr_full.config import TrainConfig, config_from_args, model_config
+from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
+from detr_full.data.collate import collate_fn
+from detr_full.data.shapes import ensure_shapes
+from detr_full.detr import build_detr
+from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
+from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
+from detr_full.viz import plot_logs
+
+
+class ConfigError(ValueError):
+    """A flag combination detr-course cannot run; the message says what to do instead."""
+
+
+# --------------------------------------------------------------------------- learning-rate warm-up
+
+class LinearWarmup:
+    """Per-iteration linear lr warm-up: iteration i < warmup_steps uses lr * (i + 1) / warmup_steps.
+
+    It scales `group["lr"]` in place, like a LambdaLR, and composes with the per-epoch StepLR
+    (which also scales `group["lr"]`). Call `step()` after every `optimizer.step()`;
+    `state_dict()` / `load_state_dict()` make it part of the checkpoint.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int):
+        self.optimizer, self.warmup_steps, self.step_count = optimizer, warmup_steps, 0
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self._set(self.factor(0))
+
+    def factor(self, step: int) -> float:
+        return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
+
+    def _set(self, factor: float) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def step(self) -> None:
+        old = self.factor(self.step_count)
+        self.step_count += 1
+        new = self.factor(self.step_count)
+        if new == old:
+            return
+        for i, group in enumerate(self.optimizer.param_groups):
+            undecorated = group["lr"] / old
+            if not math.isclose(undecorated, self.base_lrs[i], rel_tol=1e-6):
+                self.base_lrs[i] = undecorated  # the StepLR dropped the lr during warm-up
+        self._set(new)  # base * 1.0 at the end: exactly the scheduled lr, no rounding drift
+
+    def state_dict(self) -> dict:
+        return {"warmup_steps": self.warmup_steps, "step_count": self.step_count, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.warmup_steps, self.step_count = int(state["warmup_steps"]), int(state["step_count"])
+        self.base_lrs = [float(x) for x in state["base_lrs"]]
+
+
+# --------------------------------------------------------------------------- RNG state (exact resume)
+
+def capture_rng_state() -> dict:
+    """torch / CUDA / numpy / Python RNG states as tensors and plain values (weights_only-loadable)."""
+    version, internal, gauss_next = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _plain(obj: Any) -> Any:
+    """numpy arrays -> tensors, numpy scalars -> Python numbers, objects -> dicts (for weights_only)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__dict__"):
+        return {k: _plain(v) for k, v in vars(obj).items()}
+    return obj
+
+
+def coco_eval_record(coco_eval) -> dict:
+    """`COCOeval.eval` (params, counts, date, precision, recall, scores) plus `stats`, loadable safely."""
+    return {**_plain(coco_eval.eval), "stats": [float(x) for x in coco_eval.stats]}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was requested but CUDA is not available on this machine. "
+                          "Use --device auto or --device cpu.")
+    return device
+
+
+def check_supported(cfg: TrainConfig) -> None:
+    problems = []
+    if cfg.masks:
+        problems.append("--masks (the segmentation head)")
+    if cfg.frozen_weights:
+        problems.append("--frozen_weights (only used to train the segmentation head)")
+    if cfg.dataset_file != "coco":
+        problems.append(f"--dataset_file {cfg.dataset_file} (only 'coco'-format detection data)")
+    if problems:
+        raise ConfigError(f"{' and '.join(problems)}: not supported in detr-course, which trains box "
+                          "detection only. Remove the flag(s); any COCO-format dataset works with --coco_path.")
+    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:
+        raise ConfigError(f"need --batch_size >= 1, --epochs >= 0, --lr_drop >= 1 and --warmup_steps >= 0; "
+                          f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}.")
+
+
+def parse_scales(text: Optional[str]) -> Optional[list[int]]:
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--scales must be comma-separated integers like 480,512,544; got {text!r}.") from None
+
+
+def annotation_file(dataset) -> Optional[Path]:
+    """The annotation JSON a dataset was read from, when the dataset says so."""
+    for attr in ("ann_file", "annotation_file", "annFile"):
+        if getattr(dataset, attr, None):
+            return Path(getattr(dataset, attr))
+    return None
+
+
+def category_names(dataset) -> dict[int, str]:
+    return {int(c["id"]): str(c["name"]) for c in coco_api(dataset).dataset.get("categories", [])}
+
+
+def num_classes_of(dataset) -> int:
+    ann = annotation_file(dataset)
+    if ann is not None:
+        return num_classes_from_annotations(ann)
+    return max(category_names(dataset), default=0) + 1
+
+
+def train_sampler(dataset, cfg: TrainConfig, epoch: int, distributed: bool):
+    """Shuffled order that depends only on (seed, epoch): exact resume needs no sampler state."""
+    if distributed:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+        return sampler
+    return RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+
+
+def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool) -> DataLoader:
+    sampler = train_sampler(dataset, cfg, epoch, distributed)
+    # The loader's generator seeds the workers' augmentation RNGs: also a function of (seed, epoch, rank).
+    generator = torch.Generator().manual_seed(cfg.seed + epoch + 1_000_003 * get_rank())
+    return DataLoader(dataset, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True),
+                      collate_fn=collate_fn, num_workers=cfg.num_workers, generator=generator)
+
+
+def val_loader(dataset, cfg: TrainConfig, distributed: bool) -> DataLoader:
+    sampler = DistributedSampler(dataset, shuffle=False) if distributed else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
+                      collate_fn=collate_fn, num_workers=cfg.num_workers,
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two groups as the official main.py: non-backbone (lr) first, backbone (lr_backbone)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if "backbone" not in n]},
+              {"params": [p for n, p in named if "backbone" in n], "lr": cfg.lr_backbone}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _prefixed(prefix: str, stats: dict) -> dict:
+    return {f"{prefix}_{k}": v for k, v in stats.items()}
+
+
+def _ap_line(stats: dict) -> str:
+    s = stats.get("coco_eval_bbox")
+    return f"AP {s[0]:.3f}  AP50 {s[1]:.3f}  AP75 {s[2]:.3f}" if s else "no COCO evaluation"
+
+
+# --------------------------------------------------------------------------- main
+
+def main(cfg: TrainConfig, derive_num_classes: Optional[bool] = None) -> dict:
+    """Train (or with `cfg.eval` only evaluate) as the official main.py; return the last stats.
+
+    `derive_num_classes`: take num_classes from the annotation file (max category id + 1).
+    None (default) derives it when `cfg.num_classes` is left at its default 91 — on COCO the
+    derivation gives 91 as well — and the CLI passes False when `--num_classes` is given.
+    Returned dict: the last `log.txt` entry (`train_*`, `test_*`, `epoch`, `n_parameters`), or
+    `test_*` and `n_parameters` with `cfg.eval`. Raises NonFiniteLossError, DatasetError,
+    CheckpointError or ConfigError; the CLI turns them into exit codes 1 and 2.
+    """
+    check_supported(cfg)
+    device = resolve_device(cfg.device)
+    already_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = init_distributed(device.type)
+    try:
+        return _run(cfg, device, distributed, derive_num_classes)
+    finally:
+        if distributed and not already_distributed:
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_classes: Optional[bool]) -> dict:
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    main_process = is_main_process()
+    log = print if main_process else (lambda *a, **k: None)
+    seed_everything(cfg.seed + get_rank())
+
+    # Data first: num_classes comes from the annotations.
+    coco_path = cfg.coco_path
+    if coco_path is None:
+        coco_path = str(ensure_shapes()) if main_process else None
+        coco_path = all_gather_object(coco_path)[0]  # other ranks wait for rank 0's generation
+        log(f"No --coco_path: using the synthetic shapes dataset in {coco_path}")
+    scales = parse_scales(cfg.scales)
+    dataset_val = build_dataset("val", coco_path, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
+    dataset_train = None if cfg.eval else build_dataset("train", coco_path, scales=scales, max_size=cfg.max_size,
+                                                        val_size=cfg.val_size)
+    reference_set = dataset_val if dataset_train is None else dataset_train
+    needed = num_classes_of(reference_set)
+    if derive_num_classes is None:
+        derive_num_classes = cfg.num_classes == TrainConfig.num_classes
+    if derive_num_classes:
+        cfg = dataclasses.replace(cfg, num_classes=needed)
+    elif cfg.num_classes < needed:
+        raise ConfigError(f"--num_classes {cfg.num_classes} is too small: the annotations use category ids up "
+                          f"to {needed - 1}, so num_classes must be at least {needed} (max id + 1). Omit "
+                          "--num_classes to derive it.")
+    categories = category_names(reference_set)
+    coco_gt = coco_api(dataset_val)
+
+    model, criterion, postprocess = build_detr(model_config(cfg))
+    model.to(device)
+    criterion.to(device)
+    model_without_ddp = model
+    if distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
+    log(f"detr-course: {cfg.backbone}, {cfg.enc_layers}+{cfg.dec_layers} layers, hidden {cfg.hidden_dim}, "
+        f"{cfg.num_queries} queries, num_classes {cfg.num_classes}; {n_parameters:,} trainable parameters; "
+        f"device {device}, {get_world_size()} process(es)")
+
+    optimizer = build_optimizer(model_without_ddp, cfg)
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop)
+    warmup = LinearWarmup(optimizer, cfg.warmup_steps)
+
+    output_dir = Path(cfg.output_dir) if cfg.output_dir else None
+    if output_dir is not None and main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    start_epoch, rng_to_restore = cfg.start_epoch, None
+    if cfg.resume:
+        ckpt = load_checkpoint(cfg.resume, map_location="cpu")
+        load_model_weights(model_without_ddp, ckpt["model"], source=cfg.resume)
+        if not cfg.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            start_epoch = int(ckpt["epoch"]) + 1
+            if "warmup" in ckpt:
+                warmup.load_state_dict(ckpt["warmup"])
+            else:  # an official checkpoint: its lr is already past any warm-up
+                warmup.step_count = warmup.warmup_steps
+            rng = ckpt.get("rng")
+            if isinstance(rng, list) and len(rng) == get_world_size():
+                rng_to_restore = rng[get_rank()]
+            else:
+                log("Note: the checkpoint has no RNG state for this number of processes; resuming with fresh "
+                    "random streams (the run will not repeat an uninterrupted one bit for bit).")
+        log(f"Resumed from {cfg.resume}" + ("" if cfg.eval else f" at epoch {start_epoch}"))
+    elif cfg.finetune_from:
+        ckpt = load_checkpoint(cfg.finetune_from, map_location="cpu")
+        dropped = load_model_weights(model_without_ddp, ckpt["model"], finetune=True, source=cfg.finetune_from)
+        log(f"Fine-tuning from {cfg.finetune_from}; "
+            + (f"dropped (shape differs or not in this model, freshly initialised): {', '.join(dropped)}"
+               if dropped else "all weights loaded"))
+
+    if cfg.eval:
+        stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(dataset_val, cfg, distributed),
+                                    coco_gt, device, amp=cfg.amp)
+        log(f"Evaluation: loss {stats.get('loss', float('nan')):.4f}, {_ap_line(stats)}")
+        if output_dir is not None and main_process and coco_eval is not None:
+            save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
+        return {**_prefixed("test", stats), "n_parameters": n_parameters}
+
+    if rng_to_restore is not None:
+        restore_rng_state(rng_to_restore)
+    log("Start training")
+    start_time = time.time()
+    last: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        loader = train_loader(dataset_train, cfg, epoch, distributed)
+        if len(loader) == 0:
+            raise ConfigError(f"The training set has {len(dataset_train)} image(s) per process, fewer than "
+                              f"--batch_size {cfg.batch_size}; with drop_last there is no batch to train on. "
+                              "Lower --batch_size.")
+        train_stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, cfg.clip_max_norm,
+                                      scheduler_step=warmup.step if cfg.warmup_steps > 0 else None, amp=cfg.amp)
+        lr_scheduler.step()
+
+        # Evaluation must not shift the random streams, or a resumed run (which skips it) would differ.
+        rng = all_gather_object(capture_rng_state())
+        if output_dir is not None and main_process:
+            ckpt = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": dataclasses.asdict(cfg),
+                    "rng": rng, "warmup": warmup.state_dict(), "categories": categories}
+            save_checkpoint(ckpt, output_dir / "checkpoint.pth")
+            if (epoch + 1) % cfg.lr_drop == 0 or (epoch + 1) % 100 == 0:
+                save_checkpoint(ckpt, output_dir / f"checkpoint{epoch:04}.pth")
+
+        test_stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(dataset_val, cfg, distributed),
+                                         coco_gt, device, amp=cfg.amp)
+        restore_rng_state(rng[get_rank()])
+        last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats),
+                "epoch": epoch, "n_parameters": n_parameters}
+        log(f"Epoch {epoch}: train loss {train_stats['loss']:.4f}, "
+            f"test loss {test_stats.get('loss', float('nan')):.4f}, {_ap_line(test_stats)}")
+        if output_dir is not None and main_process:
+            with (output_dir / "log.txt").open("a") as f:
+                f.write(json.dumps(last) + "\n")
+            if coco_eval is not None:
+                record = coco_eval_record(coco_eval)
+                save_checkpoint(record, output_dir / "eval" / "latest.pth")
+                if epoch % 50 == 0:
+                    save_checkpoint(record, output_dir / "eval" / f"{epoch:03}.pth")
+            plot_logs([output_dir], out=output_dir / "plots.png")
+    if start_epoch >= cfg.epochs:
+        log(f"Nothing to train: the run is already at epoch {start_epoch} of --epochs {cfg.epochs}.")
+    log(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return last
+
+
+# --------------------------------------------------------------------------- CLI
+
+def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
+    """Flags from the TrainConfig fields; also whether `--num_classes` was passed explicitly."""
+    parser = argparse.ArgumentParser(
+        prog="python -m detr_full.train", allow_abbrev=False,  # no abbreviations: --num_classes detection is exact
+        description="Train or evaluate DETR (flags and defaults of the official main.py).")
+    cfg = config_from_args(TrainConfig, list(argv), parser=parser)
+    given = any(a == "--num_classes" or a.startswith("--num_classes=") for a in argv)
+    return cfg, given
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, num_classes_given = parse_args(argv)
+    try:
+        main(cfg, derive_num_classes=not num_classes_given)
+    except NonFiniteLossError as e:
+        print(f"\nTraining stopped: {e}\nThe last good checkpoint (if any) is untouched.", file=sys.stderr)
+        return 1
+    except (DatasetError, CheckpointError, ConfigError, FileExistsError) as e:  # FileExistsError: ensure_shapes
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,180 @@
+"""train.py: the CLI end to end, --eval --resume, exact resume, --finetune_from, clear errors.
+
+A tiny DETR (resnet18, hidden 32, 1+1 layers, 5 queries) on 8 + 4 synthetic shapes images at 64 px.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detr_full.checkpoint import save_checkpoint
+from detr_full.config import DETRConfig, TrainConfig
+from detr_full.data.shapes import make_shapes
+from detr_full.detr import build_detr
+from detr_full.train import LinearWarmup, cli, main, parse_args
+from detr_full.viz import read_log
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
+            num_queries=5, batch_size=2, epochs=1, lr_backbone=0.0, scales="64", max_size=96, val_size=64,
+            num_workers=0, device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_val=4)
+
+
+def tiny_argv(coco_path, **extra) -> list[str]:
+    """CLI flags for the tiny config (+ `extra`); booleans become bare flags."""
+    argv = ["--coco_path", str(coco_path)]
+    for k, v in {**TINY, **extra}.items():
+        if v is True:
+            argv.append(f"--{k}")
+        elif v is not False:
+            argv += [f"--{k}", str(v)]
+    return argv
+
+
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    """`python -m detr_full.train ...` for one epoch, in a subprocess, as a user runs it."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "detr_full.train", *tiny_argv(shapes, output_dir=out)],
+                          cwd=out.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_cli_one_epoch_end_to_end(trained):
+    out, proc = trained
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in proc.stdout
+    for name in ("checkpoint.pth", "log.txt", "plots.png", "eval/latest.pth", "eval/000.pth"):
+        assert (out / name).is_file(), name
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)  # plain types only: safe to load
+    assert {"model", "optimizer", "lr_scheduler", "epoch", "args", "rng", "warmup", "categories"} <= set(ckpt)
+    assert ckpt["epoch"] == 0
+    assert ckpt["args"]["num_classes"] == 19      # derived: shapes' largest category id is 18
+    assert ckpt["args"]["backbone"] == "resnet18" and ckpt["args"]["num_queries"] == 5
+    assert ckpt["categories"][1] == "circle"
+    assert ckpt["lr_scheduler"]["step_size"] == 200 and ckpt["lr_scheduler"]["base_lrs"] == [1e-4, 0.0]
+    assert len(ckpt["optimizer"]["param_groups"]) == 2
+    [entry] = read_log(out)
+    assert entry["epoch"] == 0 and len(entry["test_coco_eval_bbox"]) == 12
+
+
+def test_eval_resume_reevaluates(trained, shapes, tmp_path):
+    """--eval --resume on the checkpoint gives the numbers the training run logged after that epoch."""
+    out, _ = trained
+    [entry] = read_log(out)
+    stats = main(TrainConfig(**TINY, coco_path=str(shapes), eval=True, resume=str(out / "checkpoint.pth"),
+                             output_dir=str(tmp_path)))
+    assert stats["test_coco_eval_bbox"] == pytest.approx(entry["test_coco_eval_bbox"], abs=1e-9)
+    assert stats["test_loss"] == pytest.approx(entry["test_loss"], rel=1e-5)
+    record = torch.load(tmp_path / "eval.pth", weights_only=True)   # COCOeval.eval, safely loadable
+    assert record["precision"].shape[0] == 10 and len(record["stats"]) == 12
+    assert not (tmp_path / "checkpoint.pth").exists()  # --eval writes no checkpoint
+
+
+def test_resume_is_bit_exact(shapes, tmp_path):
+    """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, optimizer and log."""
+    settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1)
+    main(TrainConfig(**{**settings, "epochs": 2, "output_dir": str(tmp_path / "a")}))
+    main(TrainConfig(**{**settings, "epochs": 1, "output_dir": str(tmp_path / "b")}))
+    resumed = main(TrainConfig(**{**settings, "epochs": 2, "output_dir": str(tmp_path / "b"),
+                                  "resume": str(tmp_path / "b" / "checkpoint.pth")}))
+    a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 1
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for i, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["lr_scheduler"] == b["lr_scheduler"] and a["warmup"] == b["warmup"]
+    assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
+    assert resumed["epoch"] == 1
+
+
+def _lrs(warmup_steps: int, drop_at: int, steps: int = 6) -> tuple[list[float], list[float]]:
+    """Per-iteration lrs of the two param groups with a warm-up and a StepLR drop before `drop_at`."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param]}, {"params": [], "lr": 1e-5}], lr=1e-4)
+    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    warmup = LinearWarmup(optimizer, warmup_steps)
+    lrs = []
+    for i in range(steps):
+        if i == drop_at:
+            step_lr.step()   # an epoch boundary: x 0.1
+        lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        warmup.step()
+    return [lr[0] for lr in lrs], [lr[1] for lr in lrs]
+
+
+def test_linear_warmup_composes_with_step_lr():
+    lrs, _ = _lrs(warmup_steps=4, drop_at=3)
+    assert lrs == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-5, 1e-5, 1e-5], rel=1e-9)
+    # After the warm-up the lrs are exactly StepLR's own (no rounding drift from the factors).
+    assert _lrs(warmup_steps=2, drop_at=4)[1][2:] == _lrs(warmup_steps=0, drop_at=4)[1][2:]
+
+
+def test_finetune_from_other_num_classes(trained, shapes, capsys):
+    out, _ = trained
+    rc = cli(tiny_argv(shapes, num_classes=25, num_queries=7, epochs=0,
+                       finetune_from=out / "checkpoint.pth"))
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "num_classes 25" in printed
+    dropped = printed.split("dropped", 1)[1].splitlines()[0]
+    assert {"class_embed.weight", "class_embed.bias", "query_embed.weight"} <= set(
+        dropped.split(":", 1)[1].replace(",", " ").split())
+    assert "bbox_embed" not in dropped
+
+
+def test_bad_checkpoint_gives_clear_error(shapes, tmp_path, capsys):
+    other, _, _ = build_detr(DETRConfig(backbone="resnet18", hidden_dim=64, enc_layers=1, dec_layers=1,
+                                        dim_feedforward=64, nheads=2, num_queries=5, num_classes=19))
+    save_checkpoint({"model": other.state_dict()}, tmp_path / "other.pth")
+    rc = cli(tiny_argv(shapes, eval=True, resume=tmp_path / "other.pth"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "do not fit this model" in err and "with other shapes" in err and "Traceback" not in err
+
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    assert cli(tiny_argv(shapes, eval=True, resume=tmp_path / "broken.pth")) == 2
+    assert cli(tiny_argv(shapes, eval=True, resume=tmp_path / "missing.pth")) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_input_exits_2(shapes, tmp_path, capsys):
+    assert cli(tiny_argv(shapes, masks=True)) == 2
+    assert "--masks" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, dataset_file="coco_panoptic", frozen_weights="x.pth")) == 2
+    assert "not supported in detr-course" in capsys.readouterr().err
+    assert cli(tiny_argv(tmp_path / "nowhere")) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, num_classes=5)) == 2   # shapes uses category ids up to 18
+    assert "at least 19" in capsys.readouterr().err
+
+
+def test_num_classes_given_is_detected():
+    assert parse_args(["--num_classes", "7"]) == (TrainConfig(num_classes=7), True)
+    assert parse_args(["--num_classes=7"])[1]
+    assert parse_args(["--epochs", "3"]) == (TrainConfig(epochs=3), False)
+    with pytest.raises(SystemExit):
+        parse_args(["--num_class", "7"])  # no abbreviations, so the detection above is exact
