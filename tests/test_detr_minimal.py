@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from detr_minimal import DETRMinimal
@@ -20,6 +21,7 @@ def test_batched_outputs_equal_one_image_at_a_time():
     assert batched["pred_logits"].shape == (3, 7, 6) and batched["pred_boxes"].shape == (3, 7, 4)
 
 
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")  # the sequence-first reference, not our model
 def test_same_as_the_demo_notebook_sequence_first_forward():
     """The demo runs nn.Transformer sequence-first on one image; batch-first must give the same."""
     model = _tiny()
