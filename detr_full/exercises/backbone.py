@@ -1,0 +1,173 @@
+"""Checkers for notebook 02 (the backbone and padding masks).
+
+Each `check_*` calls the learner's function on a few small cases, compares the answers with
+`detr_full`, prints "OK: ..." or "not yet: <hint>", and returns True or False. A wrong answer, an
+exception or an unfilled stub (returning None) never raises.
+
+    check_frozen_batch_norm(fn)  fn(x (B, C, H, W), weight, bias, running_mean, running_var (C,), eps) -> (B, C, H, W)
+    check_downsample_mask(fn)    fn(padding_mask (B, H, W) bool, size (h, w)) -> (B, h, w) bool
+    check_feature_size(fn)       fn(height, width, dilation) -> (h, w) of ResNet-50's last feature map
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detr_full.backbone import FrozenBatchNorm2d
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, Optional[str]]:
+    """fn(*args) and None, or None and a "not yet" message naming the exception."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, "the function is still a stub (it raised NotImplementedError)"
+    except Exception as e:  # a learner's bug must not stop the notebook
+        return None, f"your function raised {type(e).__name__}: {e}"
+
+
+def _verdict(ok: bool, success: str, hint: str) -> bool:
+    print(f"OK: {success}" if ok else f"not yet: {hint}")
+    return ok
+
+
+def _shape_error(out: Any, shape: tuple[int, ...]) -> Optional[str]:
+    if out is None:
+        return "the function returns None; return a tensor."
+    if not isinstance(out, Tensor):
+        return f"expected a tensor, got {type(out).__name__}."
+    if tuple(out.shape) != shape:
+        return f"expected shape {shape}, got {tuple(out.shape)}."
+    return None
+
+
+# ----------------------------------------------------------------------------- frozen BatchNorm
+
+def check_frozen_batch_norm(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, float], Tensor]) -> bool:
+    """fn(x (B, C, H, W), weight (C,), bias (C,), running_mean (C,), running_var (C,), eps) ->
+    (B, C, H, W): BatchNorm with the stored statistics. Compared with FrozenBatchNorm2d."""
+    name = "matches detr_full.backbone.FrozenBatchNorm2d"
+    g = torch.Generator().manual_seed(0)
+    c = 6
+    x = torch.randn(2, c, 5, 7, generator=g) * 3 + 1
+    weight, bias = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g)
+    mean = torch.randn(c, generator=g)
+    var = torch.rand(c, generator=g) + 0.1
+    var[0] = 1e-6                                   # a dead channel: here eps decides the output
+    for eps in (1e-5, 1e-3):
+        ref = FrozenBatchNorm2d(c, eps=eps)
+        for buffer, value in zip(("weight", "bias", "running_mean", "running_var"), (weight, bias, mean, var)):
+            getattr(ref, buffer).copy_(value)
+        expected = ref(x)
+        out, error = _call(fn, x.clone(), weight.clone(), bias.clone(), mean.clone(), var.clone(), eps)
+        problem = error or _shape_error(out, tuple(x.shape))
+        if problem:
+            return _verdict(False, name, f"{problem} Hint: y = (x - running_mean) / sqrt(running_var + eps) "
+                            "* weight + bias, with (C,) vectors viewed as (1, C, 1, 1).")
+        if torch.allclose(out, expected, rtol=1e-5, atol=1e-4):
+            continue
+        if torch.allclose(out[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-4):
+            hint = (f"right except channel 0, whose running_var is 1e-6: add eps (= {eps}) to the "
+                    "variance before the square root.")
+        elif torch.allclose(out.mean(dim=(0, 2, 3)), bias, atol=1e-3):   # the batch's mean was removed
+            hint = ("you normalised with the batch's own statistics. Frozen BN uses the stored "
+                    "running_mean and running_var, whatever the batch is.")
+        else:
+            hint = ("y = (x - running_mean) / sqrt(running_var + eps) * weight + bias; check the "
+                    "square root (var, not std) and the (1, C, 1, 1) broadcasting.")
+        return _verdict(False, name, hint)
+    return _verdict(True, name, "")
+
+
+# ----------------------------------------------------------------------------- mask downsampling
+
+def reference_downsample_mask(padding_mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W) bool, True on padding -> (B, h, w) bool by nearest interpolation, as Backbone does."""
+    return F.interpolate(padding_mask[None].float(), size=size)[0].bool()
+
+
+def _mask_cases() -> list[tuple[Tensor, tuple[int, int]]]:
+    """Padded batches with the feature sizes a stride-32 or stride-16 backbone gives them."""
+    cases = []
+    for image_sizes, stride in (([(96, 128), (128, 80)], 32), ([(100, 150), (70, 160), (130, 64)], 32),
+                                ([(64, 96), (40, 100)], 16)):
+        h_max, w_max = max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)
+        mask = torch.ones(len(image_sizes), h_max, w_max, dtype=torch.bool)
+        for i, (h, w) in enumerate(image_sizes):
+            mask[i, :h, :w] = False
+        cases.append((mask, (math.ceil(h_max / stride), math.ceil(w_max / stride))))
+    return cases
+
+
+def check_downsample_mask(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bool:
+    """fn(padding_mask (B, H, W) bool True on padding, size (h, w)) -> (B, h, w) bool, True where the
+    feature cell is padding. Compared with what detr_full.backbone.Backbone does."""
+    name = "matches the mask detr_full.backbone.Backbone returns"
+    for mask, size in _mask_cases():
+        out, error = _call(fn, mask.clone(), size)
+        problem = error or _shape_error(out, (mask.shape[0], *size))
+        if problem:
+            return _verdict(False, name, f"{problem} Hint: F.interpolate wants a float (N, C, H, W) "
+                            "input, so add a dimension, convert, interpolate to `size`, then back to bool.")
+        expected = reference_downsample_mask(mask, size)
+        if out.dtype != torch.bool:
+            return _verdict(False, name, f"return a bool tensor (True on padding), not {out.dtype}.")
+        if torch.equal(out, expected):
+            continue
+        if torch.equal(~out, expected):
+            hint = "the polarity is inverted: True must mean padding, as in the input mask."
+        else:
+            hint = ("use nearest interpolation (F.interpolate's default mode): feature cell i takes "
+                    "the mask value at pixel floor(i * H / h), like the features' own sampling grid.")
+        return _verdict(False, name, f"for a {tuple(mask.shape)} mask and size {size}: {hint}")
+    return _verdict(True, name, "")
+
+
+# ----------------------------------------------------------------------------- feature map size
+
+def reference_feature_size(height: int, width: int, dilation: bool = False) -> tuple[int, int]:
+    """(h, w) of a torchvision ResNet-50's layer4 output for an (height, width) input.
+
+    Each of the 5 stride-2 steps (conv1, maxpool, layer2, layer3, layer4) maps n -> ceil(n / 2),
+    because they pad; DC5 (`dilation`) replaces layer4's stride by a dilation."""
+    stride = 16 if dilation else 32
+    return math.ceil(height / stride), math.ceil(width / stride)
+
+
+def check_feature_size(fn: Callable[[int, int, bool], tuple[int, int]]) -> bool:
+    """fn(height, width, dilation) -> (h, w) of ResNet-50's last feature map (stride 32, or 16 with
+    DC5). Compared with the real backbone's arithmetic on sizes that are not multiples of 32."""
+    name = "feature map size of the ResNet-50 backbone, with and without DC5"
+    cases = [(800, 1066, False), (800, 1066, True), (33, 64, False), (100, 129, False), (128, 96, True),
+             (17, 15, True), (480, 640, False), (1, 1, False)]
+    for height, width, dilation in cases:
+        out, error = _call(fn, height, width, dilation)
+        if error:
+            return _verdict(False, name, f"{error}.")
+        if out is None:
+            return _verdict(False, name, "the function returns None; return a pair (h, w).")
+        try:
+            got = tuple(int(v) for v in out)
+        except (TypeError, ValueError):
+            return _verdict(False, name, f"expected a pair of ints (h, w), got {out!r}.")
+        expected = reference_feature_size(height, width, dilation)
+        if got == expected:
+            continue
+        stride = 16 if dilation else 32
+        if got == (height // stride, width // stride):
+            hint = ("the stride-2 layers pad their input, so each one rounds up: n -> ceil(n / 2). "
+                    f"A {height} px side gives ceil({height} / {stride}) = {expected[0]}.")
+        elif dilation and got == reference_feature_size(height, width, False):
+            hint = "with dilation=True (DC5) layer4 keeps its input size: the output stride is 16, not 32."
+        elif got == expected[::-1]:
+            hint = "height and width are swapped: return (h, w)."
+        else:
+            hint = "5 stride-2 steps (4 with DC5), each n -> ceil(n / 2)."
+        return _verdict(False, name, f"for {height}x{width} (dilation={dilation}) you returned {got}, "
+                        f"expected {expected}: {hint}")
+    return _verdict(True, name, "")

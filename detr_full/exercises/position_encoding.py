@@ -1,0 +1,188 @@
+"""Checkers for notebook 03 (positional encodings).
+
+Each `check_*` calls the learner's function on a few small cases, compares the answers with
+`detr_full`, prints "OK: ..." or "not yet: <hint>", and returns True or False. A wrong answer, an
+exception or an unfilled stub (returning None) never raises.
+
+    check_sine_1d(fn)               fn(positions (N,), num_pos_feats, temperature) -> (N, num_pos_feats)
+    check_normalized_positions(fn)  fn(padding_mask (B, h, w) bool, scale) -> y_embed, x_embed, each (B, h, w)
+    check_learned_encoding(fn)      fn(row_weight, col_weight (50, F), h, w) -> (2F, h, w)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from detr_full.position_encoding import PositionEmbeddingLearned
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, Optional[str]]:
+    """fn(*args) and None, or None and a "not yet" message naming the exception."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, "the function is still a stub (it raised NotImplementedError)"
+    except Exception as e:  # a learner's bug must not stop the notebook
+        return None, f"your function raised {type(e).__name__}: {e}"
+
+
+def _verdict(ok: bool, success: str, hint: str) -> bool:
+    print(f"OK: {success}" if ok else f"not yet: {hint}")
+    return ok
+
+
+def _shape_error(out: Any, shape: tuple[int, ...]) -> Optional[str]:
+    if out is None:
+        return "the function returns None; return a tensor."
+    if not isinstance(out, Tensor):
+        return f"expected a tensor, got {type(out).__name__}."
+    if tuple(out.shape) != shape:
+        return f"expected shape {shape}, got {tuple(out.shape)}."
+    return None
+
+
+# ----------------------------------------------------------------------------- 1-D sine encoding
+
+def reference_sine_1d(positions: Tensor, num_pos_feats: int, temperature: float = 10000) -> Tensor:
+    """positions (N,) -> (N, F): channels 2i and 2i+1 are sin and cos of p / temperature^(2i / F).
+    For positions 1..w this is the x half of PositionEmbeddingSine(F, temperature) on an unpadded row."""
+    dim_t = temperature ** (2 * (torch.arange(num_pos_feats) // 2) / num_pos_feats)   # (F,)
+    angles = positions.float()[:, None] / dim_t                                        # (N, F)
+    out = torch.empty_like(angles)
+    out[:, 0::2], out[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+    return out
+
+
+def check_sine_1d(fn: Callable[[Tensor, int, float], Tensor]) -> bool:
+    """fn(positions (N,) float, num_pos_feats F (even), temperature) -> (N, F), the sine encoding
+    of one coordinate, as one half of PositionEmbeddingSine's channels. Prints OK or a hint."""
+    name = "matches the x half of detr_full.position_encoding.PositionEmbeddingSine"
+    cases = [(torch.arange(1, 9, dtype=torch.float32), 16, 10000.0),
+             (torch.arange(1, 6, dtype=torch.float32), 8, 20.0),
+             (torch.tensor([0.0, 0.5, math.pi, 2 * math.pi]), 6, 10000.0)]
+    for positions, feats, temperature in cases:
+        out, error = _call(fn, positions.clone(), feats, temperature)
+        problem = error or _shape_error(out, (len(positions), feats))
+        if problem:
+            return _verdict(False, name, f"{problem} Hint: one frequency per channel pair, "
+                            "temperature ** (2 * (c // 2) / F), then sin on even channels, cos on odd ones.")
+        expected = reference_sine_1d(positions, feats, temperature)
+        if torch.allclose(out.float(), expected, atol=1e-5):
+            continue
+        angles = positions[:, None] / temperature ** (2 * (torch.arange(feats) // 2) / feats)
+        blocks = torch.cat([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=1)
+        per_channel = positions[:, None] / temperature ** (torch.arange(feats) / feats)
+        swapped = torch.empty_like(angles)
+        swapped[:, 0::2], swapped[:, 1::2] = angles[:, 0::2].cos(), angles[:, 1::2].sin()
+        if torch.allclose(out.float(), blocks, atol=1e-5):
+            hint = "right values, wrong order: interleave them, sin in channel 2i and cos in channel 2i + 1."
+        elif torch.allclose(out[:, 0::2].float(), per_channel[:, 0::2].sin(), atol=1e-5) or \
+                torch.allclose(out[:, 1::2].float(), per_channel[:, 1::2].cos(), atol=1e-5):
+            hint = ("channels 2i and 2i + 1 share one frequency: divide by temperature ** (2 * (c // 2) / F), "
+                    "not temperature ** (c / F).")
+        elif torch.allclose(out.float(), swapped, atol=1e-5):
+            hint = "sin and cos are swapped: sin on even channels, cos on odd ones."
+        else:
+            hint = "angle[c] = p / temperature ** (2 * (c // 2) / F); sin on even c, cos on odd c."
+        return _verdict(False, name, f"for F = {feats}, temperature = {temperature}: {hint}")
+    return _verdict(True, name, "")
+
+
+# ----------------------------------------------------------------------------- normalised coordinates
+
+def reference_normalized_positions(padding_mask: Tensor, scale: float = 2 * math.pi) -> tuple[Tensor, Tensor]:
+    """padding_mask (B, h, w) True on padding -> y_embed, x_embed (B, h, w): 1-based row and column
+    counts over valid cells, divided by the image's valid height / width (+1e-6) and times `scale`,
+    as PositionEmbeddingSine(normalize=True) computes them."""
+    not_mask = ~padding_mask
+    y_embed = not_mask.cumsum(1, dtype=torch.float32)
+    x_embed = not_mask.cumsum(2, dtype=torch.float32)
+    eps = 1e-6
+    return y_embed / (y_embed[:, -1:, :] + eps) * scale, x_embed / (x_embed[:, :, -1:] + eps) * scale
+
+
+def _padded_masks() -> list[Tensor]:
+    masks = []
+    for sizes, (h_max, w_max) in (([(4, 6), (3, 4)], (4, 6)), ([(5, 5), (2, 7), (5, 3)], (5, 7))):
+        mask = torch.ones(len(sizes), h_max, w_max, dtype=torch.bool)
+        for i, (h, w) in enumerate(sizes):
+            mask[i, :h, :w] = False
+        masks.append(mask)
+    return masks
+
+
+def check_normalized_positions(fn: Callable[[Tensor, float], tuple[Tensor, Tensor]]) -> bool:
+    """fn(padding_mask (B, h, w) bool True on padding, scale) -> (y_embed, x_embed), each (B, h, w)
+    float: the coordinates PositionEmbeddingSine(normalize=True) feeds to its sines. Prints OK or a hint."""
+    name = "the padding-aware normalised coordinates of PositionEmbeddingSine"
+    for mask in _padded_masks():
+        for scale in (2 * math.pi, 1.0):
+            out, error = _call(fn, mask.clone(), scale)
+            if error:
+                return _verdict(False, name, f"{error}. Hint: cumsum of ~padding_mask along rows / columns.")
+            if out is None:
+                return _verdict(False, name, "the function returns None; return a pair (y_embed, x_embed).")
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                return _verdict(False, name, "return a pair (y_embed, x_embed).")
+            problem = _shape_error(out[0], tuple(mask.shape)) or _shape_error(out[1], tuple(mask.shape))
+            if problem:
+                return _verdict(False, name, problem)
+            y_ref, x_ref = reference_normalized_positions(mask, scale)
+            y_out, x_out = out[0].float(), out[1].float()
+            valid = ~mask                     # values on padding are never used: compare valid cells
+            if torch.allclose(y_out[valid], y_ref[valid], atol=1e-4) and \
+                    torch.allclose(x_out[valid], x_ref[valid], atol=1e-4):
+                continue
+            h_max, w_max = mask.shape[1:]
+            unaware_y = torch.arange(1, h_max + 1.0)[None, :, None].expand_as(y_ref) / h_max * scale
+            if torch.allclose(x_out[valid], y_ref[valid], atol=1e-4) or \
+                    torch.allclose(y_out[valid], x_ref[valid], atol=1e-4):
+                hint = "y and x are swapped: y counts down the rows (dim 1), x along the columns (dim 2)."
+            elif torch.allclose(y_out[valid], unaware_y[valid], atol=1e-4):
+                hint = ("divide by the number of *valid* rows of each image (the cumsum's last row), "
+                        "not by the padded height: an image's encoding must not depend on its batch-mates.")
+            elif torch.allclose(y_out[valid], y_ref[valid] / scale, atol=1e-4):
+                hint = "multiply by `scale`, so coordinates run up to scale (2 pi by default)."
+            else:
+                hint = ("y_embed = cumsum of ~padding_mask along dim 1 (1, 2, ..., valid height), divided "
+                        "by its last row + 1e-6, times scale; x_embed likewise along dim 2.")
+            return _verdict(False, name, f"for a {tuple(mask.shape)} mask, scale {scale:.3g}: {hint}")
+    return _verdict(True, name, "")
+
+
+# ----------------------------------------------------------------------------- learned encoding
+
+def check_learned_encoding(fn: Callable[[Tensor, Tensor, int, int], Tensor]) -> bool:
+    """fn(row_weight (50, F), col_weight (50, F), h, w) -> (2F, h, w): the learned encoding of an
+    h x w feature map. Compared with PositionEmbeddingLearned holding those weights."""
+    name = "matches detr_full.position_encoding.PositionEmbeddingLearned"
+    torch_state = torch.random.get_rng_state()    # the module's uniform_ init must not move the caller's RNG
+    try:
+        torch.manual_seed(0)
+        cases = [(PositionEmbeddingLearned(8), 3, 5), (PositionEmbeddingLearned(4), 6, 2)]
+    finally:
+        torch.random.set_rng_state(torch_state)
+    for module, h, w in cases:
+        row, col = module.row_embed.weight.detach(), module.col_embed.weight.detach()
+        feats = row.shape[1]
+        out, error = _call(fn, row.clone(), col.clone(), h, w)
+        problem = error or _shape_error(out, (2 * feats, h, w))
+        if problem:
+            return _verdict(False, name, f"{problem} Hint: col_weight[:w] gives (w, F), row_weight[:h] "
+                            "gives (h, F); broadcast both to (h, w, F), concatenate, move channels first.")
+        with torch.no_grad():
+            expected = module(torch.zeros(1, h, w, dtype=torch.bool))[0]
+        if torch.equal(out.detach(), expected):
+            continue
+        if torch.equal(out.detach(), torch.cat([expected[feats:], expected[:feats]])):
+            hint = ("y came first. The learned encoding puts the column (x) features first, then the row "
+                    "(y) ones: the opposite of the sine encoding.")
+        else:
+            hint = ("channel c < F at (i, j) is col_weight[j, c]; channel F + c is row_weight[i, c] "
+                    "(row index i = y, column index j = x).")
+        return _verdict(False, name, f"for F = {feats}, h = {h}, w = {w}: {hint}")
+    return _verdict(True, name, "")

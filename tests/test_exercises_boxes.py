@@ -1,0 +1,74 @@
+"""The notebook-00 checkers accept a correct solution, reject wrong ones with a hint, never raise."""
+
+import torch
+
+from detr_full.box_ops import box_xyxy_to_cxcywh
+from detr_full.data.shapes import SHAPES_CATEGORIES
+from detr_full.exercises.boxes import (check_num_classes, check_size_class, check_xywh_to_cxcywh,
+                                       reference_size_class, reference_xywh_to_cxcywh)
+
+
+def _xywh_to_cxcywh(boxes_xywh, size):
+    h, w = size
+    x, y, bw, bh = boxes_xywh.unbind(-1)
+    return torch.stack([(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h], dim=-1)
+
+
+def test_reference_xywh_to_cxcywh_by_hand():
+    # 200 wide, 100 high: box from (10, 20) to (40, 60)
+    out = reference_xywh_to_cxcywh(torch.tensor([[10.0, 20.0, 30.0, 40.0]]), (100, 200))
+    torch.testing.assert_close(out, torch.tensor([[0.125, 0.4, 0.15, 0.4]]))
+
+
+def test_check_xywh_to_cxcywh(capsys):
+    assert check_xywh_to_cxcywh(_xywh_to_cxcywh)
+    assert capsys.readouterr().out.startswith("OK:")
+    assert not check_xywh_to_cxcywh(lambda b, s: None)
+    assert "not yet" in capsys.readouterr().out
+    assert not check_xywh_to_cxcywh(lambda b, s: _xywh_to_cxcywh(b, s[::-1]))          # (w, h) order
+    assert "swapped" in capsys.readouterr().out
+    pixels = lambda b, s: box_xyxy_to_cxcywh(torch.cat([b[:, :2], b[:, :2] + b[:, 2:]], 1))  # noqa: E731
+    assert not check_xywh_to_cxcywh(pixels)
+    assert "in pixels" in capsys.readouterr().out
+    corner = lambda b, s: b / torch.tensor([s[1], s[0], s[1], s[0]])  # noqa: E731  x, y kept as the centre
+    assert not check_xywh_to_cxcywh(corner)
+    assert "cx = x + w / 2" in capsys.readouterr().out
+
+
+def test_check_xywh_to_cxcywh_survives_exceptions(capsys):
+    def stub(boxes, size):
+        raise NotImplementedError
+
+    assert not check_xywh_to_cxcywh(stub)
+    assert "stub" in capsys.readouterr().out
+    assert not check_xywh_to_cxcywh(lambda b, s: b.reshape(-1))
+    assert "shape" in capsys.readouterr().out
+
+
+def test_check_num_classes(capsys):
+    assert check_num_classes(lambda cats: max(c["id"] for c in cats) + 1)
+    assert capsys.readouterr().out.startswith("OK:")
+    assert not check_num_classes(len)
+    assert "number of categories" in capsys.readouterr().out
+    assert not check_num_classes(lambda cats: max(c["id"] for c in cats) + 2)
+    assert "no object" in capsys.readouterr().out
+    assert not check_num_classes(lambda cats: cats[-1]["id"] + 1)                     # unsorted case
+    assert not check_num_classes(lambda cats: None)
+    assert not check_num_classes(lambda cats: 1 / 0)
+    assert "ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_shapes_num_classes_is_19():
+    assert max(c["id"] for c in SHAPES_CATEGORIES) + 1 == 19
+
+
+def test_check_size_class(capsys):
+    assert check_size_class(reference_size_class)
+    assert capsys.readouterr().out.startswith("OK:")
+    by_bbox = lambda a: reference_size_class({"area": a["bbox"][2] * a["bbox"][3]})  # noqa: E731
+    assert not check_size_class(by_bbox)
+    assert "'area'" in capsys.readouterr().out
+    assert not check_size_class(lambda a: "small" if a["area"] < 32 else "medium" if a["area"] < 96 else "large")
+    assert "32 ** 2" in capsys.readouterr().out
+    assert not check_size_class(lambda a: None)
+    assert "None" in capsys.readouterr().out

@@ -1,0 +1,103 @@
+"""The notebook-03 checkers accept a correct solution, reject wrong ones with a hint, never raise;
+their references agree with detr_full.position_encoding."""
+
+import torch
+
+from detr_full.exercises.position_encoding import (check_learned_encoding, check_normalized_positions,
+                                                   check_sine_1d, reference_normalized_positions,
+                                                   reference_sine_1d)
+from detr_full.position_encoding import PositionEmbeddingSine
+
+
+def _sine_1d(positions, num_pos_feats, temperature):
+    out = torch.zeros(len(positions), num_pos_feats)
+    for c in range(num_pos_feats):
+        angle = positions / temperature ** (2 * (c // 2) / num_pos_feats)
+        out[:, c] = angle.sin() if c % 2 == 0 else angle.cos()
+    return out
+
+
+def test_references_agree_with_the_package():
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    mask[1, 2:, :] = True
+    mask[1, :, 4:] = True
+    ref = PositionEmbeddingSine(8, normalize=True)(mask)                              # (B, 16, h, w)
+    y_embed, x_embed = reference_normalized_positions(mask)
+    for b in range(2):
+        ours_y = reference_sine_1d(y_embed[b].reshape(-1), 8).T.reshape(8, 3, 5)
+        ours_x = reference_sine_1d(x_embed[b].reshape(-1), 8).T.reshape(8, 3, 5)
+        torch.testing.assert_close(torch.cat([ours_y, ours_x]), ref[b], rtol=0, atol=1e-6)
+    row = PositionEmbeddingSine(6, temperature=20)(torch.zeros(1, 1, 4, dtype=torch.bool))[0, 6:, 0].T
+    torch.testing.assert_close(reference_sine_1d(torch.arange(1.0, 5.0), 6, 20), row, rtol=0, atol=1e-6)
+
+
+def test_check_sine_1d(capsys):
+    assert check_sine_1d(_sine_1d)
+    assert capsys.readouterr().out.startswith("OK:")
+
+    def blocks(p, f, t):
+        angles = p[:, None] / t ** (2 * (torch.arange(f) // 2) / f)
+        return torch.cat([angles[:, 0::2].sin(), angles[:, 1::2].cos()], 1)
+
+    assert not check_sine_1d(blocks)
+    assert "interleave" in capsys.readouterr().out
+
+    def per_channel(p, f, t):
+        angles = p[:, None] / t ** (torch.arange(f) / f)
+        out = angles.clone()
+        out[:, 0::2], out[:, 1::2] = angles[:, 0::2].sin(), angles[:, 1::2].cos()
+        return out
+
+    assert not check_sine_1d(per_channel)
+    assert "share one frequency" in capsys.readouterr().out
+    assert not check_sine_1d(lambda p, f, t: None)
+    assert not check_sine_1d(lambda p, f, t: p.unsqueeze(0))
+    assert "not yet" in capsys.readouterr().out
+
+
+def test_check_normalized_positions(capsys):
+    assert check_normalized_positions(reference_normalized_positions)
+
+    def exact_division(mask, scale):   # counts / valid length without the 1e-6: close enough to pass
+        not_mask = (~mask).float()
+        y, x = not_mask.cumsum(1), not_mask.cumsum(2)
+        return y / y[:, -1:].clamp(min=1) * scale, x / x[:, :, -1:].clamp(min=1) * scale
+
+    assert check_normalized_positions(exact_division)
+    assert capsys.readouterr().out.count("OK:") == 2
+
+    def padding_unaware(mask, scale):
+        b, h, w = mask.shape
+        y = torch.arange(1, h + 1.0)[None, :, None].expand(b, h, w) / h * scale
+        x = torch.arange(1, w + 1.0)[None, None, :].expand(b, h, w) / w * scale
+        return y, x
+
+    assert not check_normalized_positions(padding_unaware)
+    assert "valid" in capsys.readouterr().out
+    assert not check_normalized_positions(lambda m, s: reference_normalized_positions(m, s)[::-1])
+    assert "swapped" in capsys.readouterr().out
+    assert not check_normalized_positions(lambda m, s: reference_normalized_positions(m, 1.0))
+    assert "scale" in capsys.readouterr().out
+    assert not check_normalized_positions(lambda m, s: None)
+    assert "not yet" in capsys.readouterr().out
+
+
+def _learned(row_weight, col_weight, h, w):
+    x = col_weight[:w][None].expand(h, -1, -1)                  # (h, w, F)
+    y = row_weight[:h][:, None].expand(-1, w, -1)               # (h, w, F)
+    return torch.cat([x, y], dim=-1).permute(2, 0, 1)
+
+
+def test_check_learned_encoding(capsys):
+    before = torch.random.get_rng_state()
+    assert check_learned_encoding(_learned)
+    assert torch.equal(torch.random.get_rng_state(), before)    # the caller's seed stream is untouched
+    assert capsys.readouterr().out.startswith("OK:")
+    def y_first(row_weight, col_weight, h, w):
+        pos = _learned(row_weight, col_weight, h, w)
+        return torch.cat([pos[row_weight.shape[1]:], pos[:row_weight.shape[1]]])
+
+    assert not check_learned_encoding(y_first)
+    assert "x) features first" in capsys.readouterr().out
+    assert not check_learned_encoding(lambda r, c, h, w: None)
+    assert "not yet" in capsys.readouterr().out
