@@ -5,7 +5,16 @@ Differences from the official `models/backbone.py`:
 - building never downloads anything: ImageNet weights are opt-in (`pretrained="imagenet"`, a path
   or a URL), where the official code always asks for them on rank 0;
 - DC5 on resnet18/34 raises a clear ValueError instead of torchvision's NotImplementedError.
-State-dict keys are the official ones (`backbone.0.body.*`, `backbone.1.*` for learned PE).
+- Three opt-in options for training from random init (defaults = official behaviour):
+  `frozen_bn=False` uses ordinary, trainable `nn.BatchNorm2d` (frozen ImageNet statistics mean
+  nothing for a random network: every BN would be the identity forever);
+  `train_stem=True` also trains conv1/bn1/layer1, which the official code freezes because
+  pretrained, they are generic edge detectors, but random, they would stay random filters;
+  `stride=16` (or 8) stops after layer3 (or layer2), giving a finer, cheaper feature map for small
+  objects and small images (the official stride is 32: a 128 px image would give 4x4 tokens).
+State-dict keys are the official ones (`backbone.0.body.*`, `backbone.1.*` for learned PE); with
+`frozen_bn=False` the BN layers add their `num_batches_tracked` buffers, and a smaller `stride`
+drops the `layer4` (and `layer3`) keys.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ IMAGENET_WEIGHTS = {  # what the official code gets from torchvision's pretraine
     "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
     "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
 }
+
+
+STRIDE_LAST_LAYER = {32: 4, 16: 3, 8: 2}  # output stride -> last ResNet stage kept
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -64,12 +76,18 @@ class Backbone(nn.Module):
     downsampled to it.
 
     `train_backbone=False` freezes every parameter; otherwise the stem and layer1 stay frozen, as
-    in the official code (they are generic edge detectors once pretrained).
+    in the official code (they are generic edge detectors once pretrained), unless `train_stem`.
+    `frozen_bn=False` uses trainable BatchNorm2d; `stride` 32 (official), 16 or 8 is the output
+    stride: 16 drops layer4, 8 drops layer3 and layer4.
     """
 
     def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False,
-                 pretrained: str = ""):
+                 pretrained: str = "", frozen_bn: bool = True, train_stem: bool = False, stride: int = 32):
         super().__init__()
+        if stride not in STRIDE_LAST_LAYER:
+            raise ValueError(f"backbone stride={stride} is not supported; choose 32 (official), 16 or 8.")
+        if dilation and stride != 32:
+            raise ValueError("dilation=True (DC5) dilates layer4, which stride < 32 drops; use one or the other.")
         if name not in RESNETS:
             raise ValueError(f"backbone={name!r} is not supported; choose one of {', '.join(RESNETS)}.")
         if dilation and name in ("resnet18", "resnet34"):
@@ -78,19 +96,21 @@ class Backbone(nn.Module):
                              "use --backbone resnet50.")
         resnet = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation],
-            norm_layer=FrozenBatchNorm2d)
+            norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
         if pretrained:
             resnet.load_state_dict(load_imagenet_weights(name, pretrained), strict=False)
-        self.body = nn.Sequential(OrderedDict(
-            (n, m) for n, m in resnet.named_children() if n not in ("avgpool", "fc")))
-        self.num_channels = 512 if name in ("resnet18", "resnet34") else 2048
+        last = STRIDE_LAST_LAYER[stride]
+        dropped = {"avgpool", "fc"} | {f"layer{i}" for i in range(last + 1, 5)}
+        self.body = nn.Sequential(OrderedDict((n, m) for n, m in resnet.named_children() if n not in dropped))
+        basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
+        self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
         for param_name, param in self.body.named_parameters():
-            if not train_backbone or not any(f"layer{i}" in param_name for i in (2, 3, 4)):
+            if not train_backbone or not (train_stem or any(f"layer{i}" in param_name for i in (2, 3, 4))):
                 param.requires_grad_(False)
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W); padding_mask (B, H, W) True on padding -> (B, C, h, w), (B, h, w)."""
-        features = self.body(images)                                       # (B, C, H/32, W/32)
+        features = self.body(images)                                       # (B, C, H/stride, W/stride)
         mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()  # nearest
         return features, mask
 
@@ -121,6 +141,8 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(name: str, position_embedding: nn.Module, lr_backbone: float = 1e-5,
-                   dilation: bool = False, pretrained: Optional[str] = "") -> Joiner:
+                   dilation: bool = False, pretrained: Optional[str] = "", frozen_bn: bool = True,
+                   train_stem: bool = False, stride: int = 32) -> Joiner:
     return Joiner(Backbone(name, train_backbone=lr_backbone > 0, dilation=dilation,
-                           pretrained=pretrained or ""), position_embedding)
+                           pretrained=pretrained or "", frozen_bn=frozen_bn, train_stem=train_stem,
+                           stride=stride), position_embedding)

@@ -87,7 +87,8 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     """The model, its training criterion and the post-processor, as the official build(args)."""
     backbone = build_backbone(cfg.backbone, build_position_encoding(cfg.position_embedding, cfg.hidden_dim),
                               lr_backbone=cfg.lr_backbone, dilation=cfg.dilation,
-                              pretrained=cfg.pretrained_backbone)
+                              pretrained=cfg.pretrained_backbone, frozen_bn=cfg.frozen_bn,
+                              train_stem=cfg.train_stem, stride=cfg.backbone_stride)
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm)

@@ -1,0 +1,127 @@
+"""Compare DETR training recipes on the synthetic shapes dataset under a fixed time or step budget.
+
+Not a test: a probe used to choose `detr_full.config.shapes_cpu_recipe`. It trains with the same
+pieces as `python -m detr_full.train` (dataset, loader, optimizer groups, warm-up, engine) but
+stops after `--seconds` of training or `--steps` iterations, then runs one COCO evaluation on
+shapes val and appends a JSON line (config, steps, wall-clock, CPU time, AP, AP50) to `--results`.
+
+    python benchmarks/shapes_recipe.py --name bn_stem --seconds 240 --recipe \\
+        --lr 1e-3 --num_queries 20          # the recipe, with overrides
+
+Every `TrainConfig` field is a flag (defaults: the official ones, or the recipe's with `--recipe`).
+`--drop_at` (fraction of the budget) divides all learning rates by 10 once, like the CLI's StepLR.
+Measure on a quiet machine where possible: with 2 cores, one other busy process halves the speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+import torch
+
+from detr_full.config import TrainConfig, add_config_arguments, model_config, shapes_cpu_recipe
+from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.shapes import ensure_shapes
+from detr_full.detr import build_detr
+from detr_full.engine import evaluate, train_one_epoch
+from detr_full.train import LinearWarmup, build_optimizer, num_classes_of, parse_scales, seed_everything, \
+    train_loader, val_loader
+
+
+class _Budget(Exception):
+    pass
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--name", default="run")
+    parser.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget")
+    parser.add_argument("--steps", type=int, default=0, help="iteration budget (0 = time only)")
+    parser.add_argument("--drop_at", type=float, default=0.0, help="lr / 10 after this budget fraction")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default="/tmp/shapes_recipe.jsonl")
+    parser.add_argument("--recipe", action="store_true", help="start from shapes_cpu_recipe()")
+    pre, _ = parser.parse_known_args(argv)
+    base = shapes_cpu_recipe() if pre.recipe else TrainConfig()
+    # the recipe's values become the flag defaults
+    add_config_arguments(parser, TrainConfig)
+    parser.set_defaults(**dataclasses.asdict(base))
+    ns = parser.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
+    torch.set_num_threads(ns.threads)
+    seed_everything(cfg.seed)
+
+    root = str(ensure_shapes())
+    scales = parse_scales(cfg.scales)
+    ds_train = build_dataset("train", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
+    ds_val = build_dataset("val", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
+    cfg = dataclasses.replace(cfg, num_classes=num_classes_of(ds_train))
+    model, criterion, postprocess = build_detr(model_config(cfg))
+    optimizer = build_optimizer(model, cfg)
+    warmup = LinearWarmup(optimizer, cfg.warmup_steps)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    print(f"[{ns.name}] {n_params:,} trainable parameters", flush=True)
+
+    start, cpu0, steps, dropped = time.perf_counter(), time.process_time(), 0, False
+    history: list[dict] = []
+    window: list[dict[str, float]] = []
+
+    def record_losses(module, args, loss_dict) -> None:  # criterion forward hook: per-step terms
+        if module.training:
+            window.append({k: float(v.detach()) for k, v in loss_dict.items() if k in ("loss_ce", "loss_bbox", "loss_giou",
+                                                                                 "class_error")})
+
+    criterion.register_forward_hook(record_losses)
+
+    def after_step() -> None:
+        nonlocal steps, dropped
+        warmup.step()
+        steps += 1
+        if steps % 50 == 0:
+            mean = {k: round(sum(w[k] for w in window) / len(window), 3) for k in window[0]}
+            history.append({"step": steps, "s": round(time.perf_counter() - start), **mean})
+            print(f"[{ns.name}] {history[-1]}", flush=True)
+            window.clear()
+        elapsed = time.perf_counter() - start
+        frac = max(elapsed / ns.seconds if ns.seconds else 0.0, steps / ns.steps if ns.steps else 0.0)
+        if ns.drop_at and not dropped and frac >= ns.drop_at:
+            for group in optimizer.param_groups:
+                group["lr"] *= 0.1
+            warmup.base_lrs = [b * 0.1 for b in warmup.base_lrs]
+            dropped = True
+        if frac >= 1.0:
+            raise _Budget
+
+    epoch = 0
+    try:
+        while True:
+            stats = train_one_epoch(model, criterion, train_loader(ds_train, cfg, epoch, False), optimizer, "cpu",
+                                    epoch, cfg.clip_max_norm, scheduler_step=after_step, progress=False)
+            print(f"[{ns.name}] epoch {epoch} done at step {steps}: loss {stats['loss']:.3f}", flush=True)
+            epoch += 1
+    except _Budget:
+        pass
+    train_wall, train_cpu = time.perf_counter() - start, time.process_time() - cpu0
+    t0 = time.perf_counter()
+    stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False), coco_api(ds_val), "cpu",
+                        progress=False)
+    eval_wall = time.perf_counter() - t0
+    ap = stats["coco_eval_bbox"]
+    record = {"name": ns.name, "steps": steps, "train_wall_s": round(train_wall, 1),
+              "train_cpu_s": round(train_cpu, 1), "eval_wall_s": round(eval_wall, 1),
+              "img_per_s": round(steps * cfg.batch_size / train_wall, 2),
+              "AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
+              "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
+              "val_class_error": round(stats["class_error"], 1), "history": history,
+              "drop_at": ns.drop_at, "config": dataclasses.asdict(cfg)}
+    print(json.dumps({k: v for k, v in record.items() if k not in ("config", "history")}), flush=True)
+    with open(ns.results, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
