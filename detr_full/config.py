@@ -93,41 +93,32 @@ def model_config(cfg: DETRConfig) -> DETRConfig:
     return DETRConfig(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names})
 
 
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "y", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Optional[Any] = None) -> None:
+    """One `--name` flag per dataclass field, with its type and default (from `defaults`, an
+    instance of `cls`, when given: that is how a recipe changes the defaults).
 
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--name` flag per dataclass field, with its type and default.
-
-    Booleans are `store_true` flags as in the official main.py (`--dilation`, `--pre_norm`,
-    `--eval`, `--amp`); `aux_loss` also gets the official `--no_aux_loss`.
+    Booleans get `--name` and `--no_name`, so the official store_true flags (`--dilation`,
+    `--pre_norm`, `--eval`) and `--no_aux_loss` both work whatever the default.
     """
     hints = get_type_hints(cls)
     for f in fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else f.default
         kind = hints[f.name]
         if get_origin(kind) is Union:  # Optional[X] -> X
             kind = next(a for a in get_args(kind) if a is not type(None))
         if kind is bool:
-            if f.default:
-                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false",
-                                    help=f"disable {f.name}")
-            else:
-                parser.add_argument(f"--{f.name}", action="store_true")
+            parser.add_argument(f"--{f.name}", action="store_true", default=default,
+                                help=f"(default: {default})")
+            parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=argparse.SUPPRESS)
         else:
-            parser.add_argument(f"--{f.name}", type=kind, default=f.default,
-                                help=f"default: {f.default!r}")
+            parser.add_argument(f"--{f.name}", type=kind, default=default, help=f"(default: {default!r})")
 
 
 def config_from_args(cls: type[C], argv: Optional[Sequence[str]] = None,
-                     parser: Optional[argparse.ArgumentParser] = None) -> C:
+                     parser: Optional[argparse.ArgumentParser] = None, defaults: Optional[C] = None) -> C:
     """Parse `argv` into a `cls` instance (e.g. `config_from_args(TrainConfig, sys.argv[1:])`)."""
     parser = parser or argparse.ArgumentParser()
-    add_config_arguments(parser, cls)
+    add_config_arguments(parser, cls, defaults)
     ns = parser.parse_args(argv)
     return cls(**{f.name: getattr(ns, f.name) for f in fields(cls)})
 
@@ -136,7 +127,6 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
     """Build `cls` from a dict (e.g. a checkpoint's `args`), ignoring keys it has no field for."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in values.items() if k in names})
-
 
 
 def shapes_cpu_recipe(**overrides: Any) -> TrainConfig:
@@ -175,3 +165,6 @@ def shapes_cpu_recipe(**overrides: Any) -> TrainConfig:
     )
     recipe.update(overrides)
     return TrainConfig(**recipe)
+
+
+RECIPES = {"shapes_cpu": shapes_cpu_recipe}  # `python -m detr_full.train --recipe shapes_cpu`

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
-from detr_full.config import TrainConfig, config_from_args, model_config
+from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
 from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import ensure_shapes
@@ -409,10 +409,17 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
 
 def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
     """Flags from the TrainConfig fields; also whether `--num_classes` was passed explicitly."""
+    argv = list(argv)
+    recipe_parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    recipe_parser.add_argument("--recipe", choices=sorted(RECIPES))
+    recipe = recipe_parser.parse_known_args(argv)[0].recipe
     parser = argparse.ArgumentParser(
         prog="python -m detr_full.train", allow_abbrev=False,  # no abbreviations: --num_classes detection is exact
         description="Train or evaluate DETR (flags and defaults of the official main.py).")
-    cfg = config_from_args(TrainConfig, list(argv), parser=parser)
+    parser.add_argument("--recipe", choices=sorted(RECIPES),
+                        help="start from a named recipe's values instead of the official defaults; "
+                             "other flags still override them (shapes_cpu: random-init DETR on shapes, 2 CPU cores)")
+    cfg = config_from_args(TrainConfig, argv, parser=parser, defaults=RECIPES[recipe]() if recipe else None)
     given = any(a == "--num_classes" or a.startswith("--num_classes=") for a in argv)
     return cfg, given
 

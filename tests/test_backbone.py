@@ -65,3 +65,15 @@ def test_golden_backbone_features_and_masks(golden_model, golden):
     err = (features - ref["backbone_features"]["0"]).abs().max()
     assert err <= 2e-5 * ref["backbone_features"]["0"].abs().max()
     torch.testing.assert_close(pos, ref["pos"][0], rtol=0, atol=1e-6)
+
+
+def test_random_init_options_train_everything_at_stride_16():
+    backbone = Backbone("resnet18", frozen_bn=False, train_stem=True, stride=16)
+    assert backbone.num_channels == 256
+    assert all(p.requires_grad for p in backbone.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
+    assert not any(k.startswith("body.layer4") for k in backbone.state_dict())
+    features, mask = backbone(torch.randn(2, 3, 64, 96), torch.zeros(2, 64, 96, dtype=torch.bool))
+    assert features.shape == (2, 256, 4, 6) and mask.shape == (2, 4, 6)
+    with pytest.raises(ValueError, match="stride"):
+        Backbone("resnet18", stride=4)

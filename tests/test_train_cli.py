@@ -178,3 +178,13 @@ def test_num_classes_given_is_detected():
     assert parse_args(["--epochs", "3"]) == (TrainConfig(epochs=3), False)
     with pytest.raises(SystemExit):
         parse_args(["--num_class", "7"])  # no abbreviations, so the detection above is exact
+
+
+def test_recipe_sets_defaults_that_flags_still_override():
+    from detr_full.config import shapes_cpu_recipe
+    from detr_full.train import parse_args
+
+    cfg, _ = parse_args(["--recipe", "shapes_cpu", "--epochs", "3", "--no_pre_norm"])
+    assert cfg == shapes_cpu_recipe(epochs=3, pre_norm=False)
+    cfg, _ = parse_args(["--pre_norm", "--no_aux_loss", "--dilation"])  # the official store_true flags
+    assert cfg.pre_norm and cfg.dilation and not cfg.aux_loss and cfg.lr == 1e-4
