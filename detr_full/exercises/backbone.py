@@ -12,38 +12,14 @@ exception or an unfilled stub (returning None) never raises.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from detr_full.backbone import FrozenBatchNorm2d
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, Optional[str]]:
-    """fn(*args) and None, or None and a "not yet" message naming the exception."""
-    try:
-        return fn(*args), None
-    except NotImplementedError:
-        return None, "the function is still a stub (it raised NotImplementedError)"
-    except Exception as e:  # a learner's bug must not stop the notebook
-        return None, f"your function raised {type(e).__name__}: {e}"
-
-
-def _verdict(ok: bool, success: str, hint: str) -> bool:
-    print(f"OK: {success}" if ok else f"not yet: {hint}")
-    return ok
-
-
-def _shape_error(out: Any, shape: tuple[int, ...]) -> Optional[str]:
-    if out is None:
-        return "the function returns None; return a tensor."
-    if not isinstance(out, Tensor):
-        return f"expected a tensor, got {type(out).__name__}."
-    if tuple(out.shape) != shape:
-        return f"expected shape {shape}, got {tuple(out.shape)}."
-    return None
+from detr_full.exercises.checking import call, verdict, shape_problem
 
 
 # ----------------------------------------------------------------------------- frozen BatchNorm
@@ -64,10 +40,10 @@ def check_frozen_batch_norm(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor
         for buffer, value in zip(("weight", "bias", "running_mean", "running_var"), (weight, bias, mean, var)):
             getattr(ref, buffer).copy_(value)
         expected = ref(x)
-        out, error = _call(fn, x.clone(), weight.clone(), bias.clone(), mean.clone(), var.clone(), eps)
-        problem = error or _shape_error(out, tuple(x.shape))
+        out, error = call(fn, x.clone(), weight.clone(), bias.clone(), mean.clone(), var.clone(), eps)
+        problem = error or shape_problem(out, tuple(x.shape))
         if problem:
-            return _verdict(False, name, f"{problem} Hint: y = (x - running_mean) / sqrt(running_var + eps) "
+            return verdict(False, f"{problem} Hint: y = (x - running_mean) / sqrt(running_var + eps) "
                             "* weight + bias, with (C,) vectors viewed as (1, C, 1, 1).")
         if torch.allclose(out, expected, rtol=1e-5, atol=1e-4):
             continue
@@ -80,8 +56,8 @@ def check_frozen_batch_norm(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor
         else:
             hint = ("y = (x - running_mean) / sqrt(running_var + eps) * weight + bias; check the "
                     "square root (var, not std) and the (1, C, 1, 1) broadcasting.")
-        return _verdict(False, name, hint)
-    return _verdict(True, name, "")
+        return verdict(False, hint)
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- mask downsampling
@@ -109,14 +85,14 @@ def check_downsample_mask(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bo
     feature cell is padding. Compared with what detr_full.backbone.Backbone does."""
     name = "matches the mask detr_full.backbone.Backbone returns"
     for mask, size in _mask_cases():
-        out, error = _call(fn, mask.clone(), size)
-        problem = error or _shape_error(out, (mask.shape[0], *size))
+        out, error = call(fn, mask.clone(), size)
+        problem = error or shape_problem(out, (mask.shape[0], *size))
         if problem:
-            return _verdict(False, name, f"{problem} Hint: F.interpolate wants a float (N, C, H, W) "
+            return verdict(False, f"{problem} Hint: F.interpolate wants a float (N, C, H, W) "
                             "input, so add a dimension, convert, interpolate to `size`, then back to bool.")
         expected = reference_downsample_mask(mask, size)
         if out.dtype != torch.bool:
-            return _verdict(False, name, f"return a bool tensor (True on padding), not {out.dtype}.")
+            return verdict(False, f"return a bool tensor (True on padding), not {out.dtype}.")
         if torch.equal(out, expected):
             continue
         if torch.equal(~out, expected):
@@ -124,8 +100,8 @@ def check_downsample_mask(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bo
         else:
             hint = ("use nearest interpolation (F.interpolate's default mode): feature cell i takes "
                     "the mask value at pixel floor(i * H / h), like the features' own sampling grid.")
-        return _verdict(False, name, f"for a {tuple(mask.shape)} mask and size {size}: {hint}")
-    return _verdict(True, name, "")
+        return verdict(False, f"for a {tuple(mask.shape)} mask and size {size}: {hint}")
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- feature map size
@@ -146,15 +122,15 @@ def check_feature_size(fn: Callable[[int, int, bool], tuple[int, int]]) -> bool:
     cases = [(800, 1066, False), (800, 1066, True), (33, 64, False), (100, 129, False), (128, 96, True),
              (17, 15, True), (480, 640, False), (1, 1, False)]
     for height, width, dilation in cases:
-        out, error = _call(fn, height, width, dilation)
+        out, error = call(fn, height, width, dilation)
         if error:
-            return _verdict(False, name, f"{error}.")
+            return verdict(False, f"{error}.")
         if out is None:
-            return _verdict(False, name, "the function returns None; return a pair (h, w).")
+            return verdict(False, "the function returns None; return a pair (h, w).")
         try:
             got = tuple(int(v) for v in out)
         except (TypeError, ValueError):
-            return _verdict(False, name, f"expected a pair of ints (h, w), got {out!r}.")
+            return verdict(False, f"expected a pair of ints (h, w), got {out!r}.")
         expected = reference_feature_size(height, width, dilation)
         if got == expected:
             continue
@@ -168,6 +144,6 @@ def check_feature_size(fn: Callable[[int, int, bool], tuple[int, int]]) -> bool:
             hint = "height and width are swapped: return (h, w)."
         else:
             hint = "5 stride-2 steps (4 with DC5), each n -> ceil(n / 2)."
-        return _verdict(False, name, f"for {height}x{width} (dilation={dilation}) you returned {got}, "
+        return verdict(False, f"for {height}x{width} (dilation={dilation}) you returned {got}, "
                         f"expected {expected}: {hint}")
-    return _verdict(True, name, "")
+    return verdict(True, name)

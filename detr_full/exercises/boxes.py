@@ -11,31 +11,17 @@ exception or an unfilled stub (returning None) never raises.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from detr_full.box_ops import box_xyxy_to_cxcywh
+from detr_full.exercises.checking import call, verdict
 
 SHAPES_IDS = (1, 3, 7, 12, 18)
 # COCO 2017 uses ids 1..90 but skips these 10, so it has 80 categories and num_classes = 91.
 COCO_MISSING_IDS = (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, Optional[str]]:
-    """fn(*args) and None, or None and a "not yet" message naming the exception."""
-    try:
-        return fn(*args), None
-    except NotImplementedError:
-        return None, "the function is still a stub (it raised NotImplementedError)"
-    except Exception as e:  # a learner's bug must not stop the notebook
-        return None, f"your function raised {type(e).__name__}: {e}"
-
-
-def _verdict(ok: bool, success: str, hint: str) -> bool:
-    print(f"OK: {success}" if ok else f"not yet: {hint}")
-    return ok
 
 
 # ----------------------------------------------------------------------------- xywh -> cxcywh
@@ -64,17 +50,17 @@ def check_xywh_to_cxcywh(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> boo
     normalised [cx, cy, w, h] in [0, 1]. Prints OK or a hint; returns whether it is right."""
     name = "COCO xywh (absolute) -> normalised cxcywh"
     for boxes, size in _xywh_cases():
-        out, error = _call(fn, boxes.clone(), size)
+        out, error = call(fn, boxes.clone(), size)
         if error:
-            return _verdict(False, name, f"{error}. Hint: x0, y0, x1, y1 = x, y, x + w, y + h; then "
+            return verdict(False, f"{error}. Hint: x0, y0, x1, y1 = x, y, x + w, y + h; then "
                             "centre and size; then divide by (W, H, W, H).")
         if out is None:
-            return _verdict(False, name, "the function returns None. Convert (x, y, w, h) to the box "
+            return verdict(False, "the function returns None. Convert (x, y, w, h) to the box "
                             "centre and size, then divide x-quantities by the image width, y-quantities "
                             "by its height.")
         if not isinstance(out, Tensor) or out.shape != boxes.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            return _verdict(False, name, f"expected a tensor of shape {tuple(boxes.shape)}, got {got}.")
+            return verdict(False, f"expected a tensor of shape {tuple(boxes.shape)}, got {got}.")
         expected = reference_xywh_to_cxcywh(boxes, size)
         if torch.allclose(out.float(), expected, atol=1e-5):
             continue
@@ -89,8 +75,8 @@ def check_xywh_to_cxcywh(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> boo
                     "not the centre), cy = y + h / 2.")
         else:
             hint = "check against box_xyxy_to_cxcywh(xyxy) / (W, H, W, H) with xyxy = (x, y, x + w, y + h)."
-        return _verdict(False, name, f"for boxes {boxes[:1].tolist()}... and size {size}: {hint}")
-    return _verdict(True, name, "")
+        return verdict(False, f"for boxes {boxes[:1].tolist()}... and size {size}: {hint}")
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- num_classes
@@ -110,15 +96,15 @@ def check_num_classes(fn: Callable[[list[dict[str, Any]]], int]) -> bool:
     uses it (the class head then has num_classes + 1 logits). Prints OK or a hint."""
     name = "num_classes = max category id + 1"
     for categories, expected in _num_classes_cases():
-        out, error = _call(fn, [dict(c) for c in categories])
+        out, error = call(fn, [dict(c) for c in categories])
         if error:
-            return _verdict(False, name, f"{error}.")
+            return verdict(False, f"{error}.")
         if out is None:
-            return _verdict(False, name, "the function returns None; return an int.")
+            return verdict(False, "the function returns None; return an int.")
         try:
             got = int(out)
         except (TypeError, ValueError):
-            return _verdict(False, name, f"expected an int, got {type(out).__name__}.")
+            return verdict(False, f"expected an int, got {type(out).__name__}.")
         if got == expected:
             continue
         ids = sorted(c["id"] for c in categories)
@@ -133,9 +119,9 @@ def check_num_classes(fn: Callable[[list[dict[str, Any]]], int]) -> bool:
                     "num_classes, added by the model (num_classes + 1 outputs).")
         else:
             hint = "look at the largest id, not at the list's length or its last entry."
-        return _verdict(False, name, f"for ids {ids[:6]}{'...' if len(ids) > 6 else ''} you returned "
+        return verdict(False, f"for ids {ids[:6]}{'...' if len(ids) > 6 else ''} you returned "
                         f"{got}, expected {expected}: {hint}")
-    return _verdict(True, name, "")
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- COCO size class
@@ -170,15 +156,15 @@ def check_size_class(fn: Callable[[dict[str, Any]], str]) -> bool:
     name = "COCO size class from the annotation's area"
     answers = []
     for ann in _size_cases():
-        out, error = _call(fn, dict(ann))
+        out, error = call(fn, dict(ann))
         if error:
-            return _verdict(False, name, f"{error}.")
+            return verdict(False, f"{error}.")
         answers.append(out)
     expected = [reference_size_class(a) for a in _size_cases()]
     if answers == expected:
-        return _verdict(True, name, "")
+        return verdict(True, name)
     if all(a is None for a in answers):
-        return _verdict(False, name, 'the function returns None; return "small", "medium" or "large".')
+        return verdict(False, 'the function returns None; return "small", "medium" or "large".')
     by_bbox = [reference_size_class({"area": a["bbox"][2] * a["bbox"][3]}) for a in _size_cases()]
     if answers == by_bbox:
         hint = ("you used the box's width * height. COCO measures size with the annotation's 'area' "
@@ -190,4 +176,4 @@ def check_size_class(fn: Callable[[dict[str, Any]], str]) -> bool:
         wrong = next(i for i, (a, e) in enumerate(zip(answers, expected)) if a != e)
         hint = (f"annotation {_size_cases()[wrong]} gave {answers[wrong]!r}, expected {expected[wrong]!r}. "
                 "small: area < 32^2, medium: 32^2 <= area < 96^2, large: area >= 96^2.")
-    return _verdict(False, name, hint)
+    return verdict(False, hint)

@@ -13,7 +13,7 @@ Dimension key: B batch, Q queries, K = num_classes + 1, N and M boxes.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,27 +22,7 @@ from torch import Tensor
 from detr_full.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
 from detr_full.criterion import SetCriterion
 from detr_full.matcher import HungarianMatcher
-
-
-def _verdict(ok: bool, message: str) -> bool:
-    print(("OK: " if ok else "not yet: ") + message)
-    return ok
-
-
-def _call(fn: Callable, *args, **kwargs) -> tuple[Optional[object], Optional[str]]:
-    """Run the learner's function; return (result, None) or (None, hint) when it raised."""
-    try:
-        with torch.no_grad():
-            return fn(*args, **kwargs), None
-    except NotImplementedError:
-        return None, "write the function body (it still raises NotImplementedError)."
-    except Exception as e:  # any mistake of the learner's becomes a hint, never a crash
-        return None, f"your function raised {type(e).__name__}: {e}"
-
-
-def _close(a: object, b: Tensor) -> bool:
-    return (isinstance(a, Tensor) and a.shape == b.shape
-            and torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5))
+from detr_full.exercises.checking import call, verdict, close
 
 
 def check_giou(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
@@ -65,30 +45,30 @@ def check_giou(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
     ]
     for name, boxes1, boxes2 in cases:
         want = generalized_box_iou(boxes1, boxes2)                          # (N, M)
-        got, error = _call(fn, boxes1, boxes2)
+        got, error = call(fn, boxes1, boxes2)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         if not isinstance(got, Tensor):
-            return _verdict(False, f"return a Tensor of shape (N, M), got {type(got).__name__}.")
+            return verdict(False, f"return a Tensor of shape (N, M), got {type(got).__name__}.")
         if got.shape != want.shape:
             if got.shape == want.shape[::-1] and len(boxes1) != len(boxes2):
-                return _verdict(False, f"[{name}] the result is transposed: entry [i, j] pairs boxes1[i] with boxes2[j].")
-            return _verdict(False, f"[{name}] the result should be pairwise, (N, M) = {tuple(want.shape)}; got "
+                return verdict(False, f"[{name}] the result is transposed: entry [i, j] pairs boxes1[i] with boxes2[j].")
+            return verdict(False, f"[{name}] the result should be pairwise, (N, M) = {tuple(want.shape)}; got "
                                    f"{tuple(got.shape)}. Broadcast boxes1[:, None, :] against boxes2[None, :, :].")
-        if _close(got, want):
+        if close(got, want):
             continue
         iou = box_iou(boxes1, boxes2)[0]
-        if _close(got, iou):
-            return _verdict(False, f"[{name}] that is the plain IoU; subtract the part of the enclosing box "
+        if close(got, iou):
+            return verdict(False, f"[{name}] that is the plain IoU; subtract the part of the enclosing box "
                                    "C that the union does not cover: (area(C) - union) / area(C).")
         if name == "disjoint boxes":
-            return _verdict(False, f"[{name}] GIoU should be {want.item():.4f} < 0. Clamp the intersection's "
+            return verdict(False, f"[{name}] GIoU should be {want.item():.4f} < 0. Clamp the intersection's "
                                    "width and height at 0 (disjoint boxes do not overlap negatively).")
-        return _verdict(False, f"[{name}] expected {want.flatten()[:3].tolist()}..., got "
+        return verdict(False, f"[{name}] expected {want.flatten()[:3].tolist()}..., got "
                                f"{got.flatten()[:3].tolist()}...; check the union "
                                "(area1 + area2 - intersection) and the enclosing box (min of the top-left "
                                "corners, max of the bottom-right corners).")
-    return _verdict(True, "your GIoU matches detr_full.box_ops.generalized_box_iou (and torchvision's).")
+    return verdict(True, "your GIoU matches detr_full.box_ops.generalized_box_iou (and torchvision's).")
 
 
 def _loss_case(num_classes: int = 5, seed: int = 0):
@@ -121,28 +101,28 @@ def check_loss_labels(fn: Callable[..., Tensor]) -> bool:
     for eos_coef in (0.1, 1.0):
         criterion = SetCriterion(num_classes, HungarianMatcher(1, 5, 2), {}, eos_coef=eos_coef)
         want = criterion.layer_losses(outputs, targets, indices, 5.0, with_class_error=False)["loss_ce"]
-        got, error = _call(fn, logits, targets, indices, num_classes, eos_coef)
+        got, error = call(fn, logits, targets, indices, num_classes, eos_coef)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         if not isinstance(got, Tensor) or got.numel() != 1:
-            return _verdict(False, "return the loss as a scalar Tensor.")
-        if _close(got.reshape(()), want):
+            return verdict(False, "return the loss as a scalar Tensor.")
+        if close(got.reshape(()), want):
             continue
         target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.int64)
         for b, (q, t) in enumerate(indices):
             target_classes[b, q] = targets[b]["labels"][t]
         per_query = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")   # (B, Q)
         weights = criterion.empty_weight[target_classes]                                       # (B, Q)
-        if _close(got.reshape(()), per_query.mean()):
-            return _verdict(False, f"[eos_coef={eos_coef}] give the no-object class the weight eos_coef: "
+        if close(got.reshape(()), per_query.mean()):
+            return verdict(False, f"[eos_coef={eos_coef}] give the no-object class the weight eos_coef: "
                                    "F.cross_entropy(..., weight=w) with w = ones(K) and w[-1] = eos_coef.")
-        if _close(got.reshape(()), (per_query * weights).mean()):
-            return _verdict(False, f"[eos_coef={eos_coef}] a weighted cross-entropy divides by the sum of the "
+        if close(got.reshape(()), (per_query * weights).mean()):
+            return verdict(False, f"[eos_coef={eos_coef}] a weighted cross-entropy divides by the sum of the "
                                    "weights, not by B * Q (F.cross_entropy with weight= does that).")
-        return _verdict(False, f"[eos_coef={eos_coef}] expected {want.item():.4f}, got {got.item():.4f}. Every "
+        return verdict(False, f"[eos_coef={eos_coef}] expected {want.item():.4f}, got {got.item():.4f}. Every "
                                "query gets the class num_classes (no object) except the matched ones, which "
                                "get their target's label; cross_entropy takes (B, K, Q) logits, so transpose.")
-    return _verdict(True, "your loss_ce matches SetCriterion (no-object weight eos_coef, weighted mean).")
+    return verdict(True, "your loss_ce matches SetCriterion (no-object weight eos_coef, weighted mean).")
 
 
 def check_box_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
@@ -157,27 +137,27 @@ def check_box_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
     criterion = SetCriterion(5, HungarianMatcher(1, 5, 2), {})
     num_boxes = float(sum(len(t["labels"]) for t in targets))
     want = criterion.layer_losses(outputs, targets, indices, num_boxes, with_class_error=False)
-    got, error = _call(fn, outputs["pred_boxes"], targets, indices, num_boxes)
+    got, error = call(fn, outputs["pred_boxes"], targets, indices, num_boxes)
     if error:
-        return _verdict(False, error)
+        return verdict(False, error)
     if not (isinstance(got, tuple) and len(got) == 2 and all(isinstance(x, Tensor) and x.numel() == 1 for x in got)):
-        return _verdict(False, "return a pair of scalar Tensors (loss_bbox, loss_giou).")
+        return verdict(False, "return a pair of scalar Tensors (loss_bbox, loss_giou).")
     loss_bbox, loss_giou = (x.reshape(()) for x in got)
     src = torch.cat([outputs["pred_boxes"][b, q] for b, (q, _) in enumerate(indices)])     # (N, 4)
     tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])                 # (N, 4)
-    if not _close(loss_bbox, want["loss_bbox"]):
-        if _close(loss_bbox, F.l1_loss(src, tgt)):
-            return _verdict(False, "loss_bbox: sum the L1 distances of the matched pairs and divide by "
+    if not close(loss_bbox, want["loss_bbox"]):
+        if close(loss_bbox, F.l1_loss(src, tgt)):
+            return verdict(False, "loss_bbox: sum the L1 distances of the matched pairs and divide by "
                                    "num_boxes, not the mean over the 4 * N coordinates.")
-        return _verdict(False, "loss_bbox differs: gather the matched predictions pred_boxes[b, query_idx] and "
+        return verdict(False, "loss_bbox differs: gather the matched predictions pred_boxes[b, query_idx] and "
                                "targets[b]['boxes'][target_idx] (in the same order), then "
                                "|pred - target|.sum() / num_boxes.")
-    if not _close(loss_giou, want["loss_giou"]):
+    if not close(loss_giou, want["loss_giou"]):
         per_pair = 1 - torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)))  # (N,)
-        if _close(loss_giou, per_pair.mean()):
-            return _verdict(False, "loss_giou: sum 1 - GIoU over the matched pairs and divide by num_boxes.")
-        return _verdict(False, "loss_giou differs: convert both boxes to xyxy (box_cxcywh_to_xyxy) first, then "
+        if close(loss_giou, per_pair.mean()):
+            return verdict(False, "loss_giou: sum 1 - GIoU over the matched pairs and divide by num_boxes.")
+        return verdict(False, "loss_giou differs: convert both boxes to xyxy (box_cxcywh_to_xyxy) first, then "
                                "(1 - GIoU(matched pred, matched target)).sum() / num_boxes, over the matched "
                                "pairs only (the diagonal of the pairwise GIoU).")
-    return _verdict(True, "your loss_bbox and loss_giou match SetCriterion (sums over matched pairs / num_boxes).")
+    return verdict(True, "your loss_bbox and loss_giou match SetCriterion (sums over matched pairs / num_boxes).")
 

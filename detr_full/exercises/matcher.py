@@ -13,30 +13,15 @@ Dimension key: B batch, Q queries, K classes incl. no-object, T targets of one i
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from detr_full.matcher import HungarianMatcher
+from detr_full.exercises.checking import call, verdict
 
 NUM_CLASSES = 7  # labels 0..6, logit 7 is "no object"
-
-
-def _verdict(ok: bool, message: str) -> bool:
-    print(("OK: " if ok else "not yet: ") + message)
-    return ok
-
-
-def _call(fn: Callable, *args, **kwargs) -> tuple[Optional[object], Optional[str]]:
-    """Run the learner's function; return (result, None) or (None, hint) when it raised."""
-    try:
-        with torch.no_grad():
-            return fn(*args, **kwargs), None
-    except NotImplementedError:
-        return None, "write the function body (it still raises NotImplementedError)."
-    except Exception as e:  # any mistake of the learner's becomes a hint, never a crash
-        return None, f"your function raised {type(e).__name__}: {e}"
 
 
 def _random_boxes(n: int, g: torch.Generator) -> Tensor:
@@ -83,15 +68,15 @@ def check_cost_matrix(fn: Callable[..., Tensor]) -> bool:
     ]
     for name, (wc, wb, wg), hint in terms:
         want = HungarianMatcher(wc, wb, wg).cost_matrix(outputs, targets)[0, :, :len(labels)]  # (Q, T)
-        got, error = _call(fn, logits, boxes, labels, tgt_boxes, cost_class=wc, cost_bbox=wb, cost_giou=wg)
+        got, error = call(fn, logits, boxes, labels, tgt_boxes, cost_class=wc, cost_bbox=wb, cost_giou=wg)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         if not isinstance(got, Tensor) or got.shape != want.shape:
             shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
-            return _verdict(False, f"the cost matrix should be a (Q, T) = {tuple(want.shape)} tensor, got {shape}.")
+            return verdict(False, f"the cost matrix should be a (Q, T) = {tuple(want.shape)} tensor, got {shape}.")
         if not torch.allclose(got.float(), want, rtol=1e-4, atol=1e-5):
-            return _verdict(False, f"{name} differs: {hint}")
-    return _verdict(True, "your cost matrix matches HungarianMatcher.cost_matrix (class, L1 and GIoU terms).")
+            return verdict(False, f"{name} differs: {hint}")
+    return verdict(True, "your cost matrix matches HungarianMatcher.cost_matrix (class, L1 and GIoU terms).")
 
 
 def _total_cost(cost: Tensor, rows: Tensor, cols: Tensor) -> float:
@@ -111,42 +96,42 @@ def check_matcher(fn: Callable[[dict, list[dict]], list[tuple[Tensor, Tensor]]])
         outputs, targets = _batch(sizes, num_queries, seed=sum(sizes) + num_queries)
         want = matcher(outputs, targets)
         cost = matcher.cost_matrix(outputs, targets) if sum(sizes) else None   # (B, Q, T_max)
-        got, error = _call(fn, outputs, targets)
+        got, error = call(fn, outputs, targets)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         if not isinstance(got, (list, tuple)) or len(got) != len(sizes):
-            return _verdict(False, f"return a list with one (query_idx, target_idx) pair per image "
+            return verdict(False, f"return a list with one (query_idx, target_idx) pair per image "
                                    f"({len(sizes)} here).")
         for b, (pair, (rows_ref, cols_ref)) in enumerate(zip(got, want)):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2
                     and all(isinstance(x, Tensor) for x in pair)):
-                return _verdict(False, f"image {b}: each entry should be a pair of tensors (query_idx, target_idx).")
+                return verdict(False, f"image {b}: each entry should be a pair of tensors (query_idx, target_idx).")
             rows, cols = pair
             if rows.dtype != torch.int64 or cols.dtype != torch.int64:
-                return _verdict(False, f"image {b}: the indices should be int64 tensors "
+                return verdict(False, f"image {b}: the indices should be int64 tensors "
                                        "(torch.as_tensor(x, dtype=torch.int64)), got "
                                        f"{rows.dtype} and {cols.dtype}.")
             if sizes[b] == 0:
                 if len(rows) or len(cols):
-                    return _verdict(False, f"image {b} has no targets: return two empty int64 tensors.")
+                    return verdict(False, f"image {b} has no targets: return two empty int64 tensors.")
                 continue
             if len(rows) != len(rows_ref) or len(cols) != len(rows_ref):
-                return _verdict(False, f"image {b}: {sizes[b]} targets and {num_queries} queries give "
+                return verdict(False, f"image {b}: {sizes[b]} targets and {num_queries} queries give "
                                        f"{len(rows_ref)} matched pairs, you returned {len(rows)}.")
             if rows.max() >= num_queries or cols.max() >= sizes[b]:
-                return _verdict(False, f"image {b}: an index is out of range; the first tensor indexes the "
+                return verdict(False, f"image {b}: an index is out of range; the first tensor indexes the "
                                        "queries, the second the targets.")
             if len(set(rows.tolist())) != len(rows) or len(set(cols.tolist())) != len(cols):
-                return _verdict(False, f"image {b}: a query or a target is used twice; the matching is one-to-one.")
+                return verdict(False, f"image {b}: a query or a target is used twice; the matching is one-to-one.")
             if not torch.equal(rows, rows.sort().values):
-                return _verdict(False, f"image {b}: sort the pairs by query index (linear_sum_assignment "
+                return verdict(False, f"image {b}: sort the pairs by query index (linear_sum_assignment "
                                        "already returns the rows in order).")
             c = cost[b, :, :sizes[b]]                                                  # (Q, T_b)
             best = _total_cost(c, rows_ref, cols_ref)
             if _total_cost(c, rows, cols) > best + 1e-5 * max(1.0, abs(best)):
-                return _verdict(False, f"image {b}: your matching costs {_total_cost(c, rows, cols):.3f}, the "
+                return verdict(False, f"image {b}: your matching costs {_total_cost(c, rows, cols):.3f}, the "
                                        f"optimum is {best:.3f}. Build the (Q, T_b) cost matrix of each image "
                                        "(weights 1, 5, 2) and solve it with "
                                        "scipy.optimize.linear_sum_assignment.")
-    return _verdict(True, "your matcher gives optimal matchings, as HungarianMatcher(1, 5, 2), "
+    return verdict(True, "your matcher gives optimal matchings, as HungarianMatcher(1, 5, 2), "
                           "including images without targets.")

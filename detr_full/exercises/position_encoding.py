@@ -12,37 +12,13 @@ exception or an unfilled stub (returning None) never raises.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from detr_full.position_encoding import PositionEmbeddingLearned
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> tuple[Any, Optional[str]]:
-    """fn(*args) and None, or None and a "not yet" message naming the exception."""
-    try:
-        return fn(*args), None
-    except NotImplementedError:
-        return None, "the function is still a stub (it raised NotImplementedError)"
-    except Exception as e:  # a learner's bug must not stop the notebook
-        return None, f"your function raised {type(e).__name__}: {e}"
-
-
-def _verdict(ok: bool, success: str, hint: str) -> bool:
-    print(f"OK: {success}" if ok else f"not yet: {hint}")
-    return ok
-
-
-def _shape_error(out: Any, shape: tuple[int, ...]) -> Optional[str]:
-    if out is None:
-        return "the function returns None; return a tensor."
-    if not isinstance(out, Tensor):
-        return f"expected a tensor, got {type(out).__name__}."
-    if tuple(out.shape) != shape:
-        return f"expected shape {shape}, got {tuple(out.shape)}."
-    return None
+from detr_full.exercises.checking import call, verdict, shape_problem
 
 
 # ----------------------------------------------------------------------------- 1-D sine encoding
@@ -65,10 +41,10 @@ def check_sine_1d(fn: Callable[[Tensor, int, float], Tensor]) -> bool:
              (torch.arange(1, 6, dtype=torch.float32), 8, 20.0),
              (torch.tensor([0.0, 0.5, math.pi, 2 * math.pi]), 6, 10000.0)]
     for positions, feats, temperature in cases:
-        out, error = _call(fn, positions.clone(), feats, temperature)
-        problem = error or _shape_error(out, (len(positions), feats))
+        out, error = call(fn, positions.clone(), feats, temperature)
+        problem = error or shape_problem(out, (len(positions), feats))
         if problem:
-            return _verdict(False, name, f"{problem} Hint: one frequency per channel pair, "
+            return verdict(False, f"{problem} Hint: one frequency per channel pair, "
                             "temperature ** (2 * (c // 2) / F), then sin on even channels, cos on odd ones.")
         expected = reference_sine_1d(positions, feats, temperature)
         if torch.allclose(out.float(), expected, atol=1e-5):
@@ -88,8 +64,8 @@ def check_sine_1d(fn: Callable[[Tensor, int, float], Tensor]) -> bool:
             hint = "sin and cos are swapped: sin on even channels, cos on odd ones."
         else:
             hint = "angle[c] = p / temperature ** (2 * (c // 2) / F); sin on even c, cos on odd c."
-        return _verdict(False, name, f"for F = {feats}, temperature = {temperature}: {hint}")
-    return _verdict(True, name, "")
+        return verdict(False, f"for F = {feats}, temperature = {temperature}: {hint}")
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- normalised coordinates
@@ -121,16 +97,16 @@ def check_normalized_positions(fn: Callable[[Tensor, float], tuple[Tensor, Tenso
     name = "the padding-aware normalised coordinates of PositionEmbeddingSine"
     for mask in _padded_masks():
         for scale in (2 * math.pi, 1.0):
-            out, error = _call(fn, mask.clone(), scale)
+            out, error = call(fn, mask.clone(), scale)
             if error:
-                return _verdict(False, name, f"{error}. Hint: cumsum of ~padding_mask along rows / columns.")
+                return verdict(False, f"{error}. Hint: cumsum of ~padding_mask along rows / columns.")
             if out is None:
-                return _verdict(False, name, "the function returns None; return a pair (y_embed, x_embed).")
+                return verdict(False, "the function returns None; return a pair (y_embed, x_embed).")
             if not isinstance(out, (tuple, list)) or len(out) != 2:
-                return _verdict(False, name, "return a pair (y_embed, x_embed).")
-            problem = _shape_error(out[0], tuple(mask.shape)) or _shape_error(out[1], tuple(mask.shape))
+                return verdict(False, "return a pair (y_embed, x_embed).")
+            problem = shape_problem(out[0], tuple(mask.shape)) or shape_problem(out[1], tuple(mask.shape))
             if problem:
-                return _verdict(False, name, problem)
+                return verdict(False, problem)
             y_ref, x_ref = reference_normalized_positions(mask, scale)
             y_out, x_out = out[0].float(), out[1].float()
             valid = ~mask                     # values on padding are never used: compare valid cells
@@ -150,8 +126,8 @@ def check_normalized_positions(fn: Callable[[Tensor, float], tuple[Tensor, Tenso
             else:
                 hint = ("y_embed = cumsum of ~padding_mask along dim 1 (1, 2, ..., valid height), divided "
                         "by its last row + 1e-6, times scale; x_embed likewise along dim 2.")
-            return _verdict(False, name, f"for a {tuple(mask.shape)} mask, scale {scale:.3g}: {hint}")
-    return _verdict(True, name, "")
+            return verdict(False, f"for a {tuple(mask.shape)} mask, scale {scale:.3g}: {hint}")
+    return verdict(True, name)
 
 
 # ----------------------------------------------------------------------------- learned encoding
@@ -169,10 +145,10 @@ def check_learned_encoding(fn: Callable[[Tensor, Tensor, int, int], Tensor]) -> 
     for module, h, w in cases:
         row, col = module.row_embed.weight.detach(), module.col_embed.weight.detach()
         feats = row.shape[1]
-        out, error = _call(fn, row.clone(), col.clone(), h, w)
-        problem = error or _shape_error(out, (2 * feats, h, w))
+        out, error = call(fn, row.clone(), col.clone(), h, w)
+        problem = error or shape_problem(out, (2 * feats, h, w))
         if problem:
-            return _verdict(False, name, f"{problem} Hint: col_weight[:w] gives (w, F), row_weight[:h] "
+            return verdict(False, f"{problem} Hint: col_weight[:w] gives (w, F), row_weight[:h] "
                             "gives (h, F); broadcast both to (h, w, F), concatenate, move channels first.")
         with torch.no_grad():
             expected = module(torch.zeros(1, h, w, dtype=torch.bool))[0]
@@ -184,5 +160,5 @@ def check_learned_encoding(fn: Callable[[Tensor, Tensor, int, int], Tensor]) -> 
         else:
             hint = ("channel c < F at (i, j) is col_weight[j, c]; channel F + c is row_weight[i, c] "
                     "(row index i = y, column index j = x).")
-        return _verdict(False, name, f"for F = {feats}, h = {h}, w = {w}: {hint}")
-    return _verdict(True, name, "")
+        return verdict(False, f"for F = {feats}, h = {h}, w = {w}: {hint}")
+    return verdict(True, name)

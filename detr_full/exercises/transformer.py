@@ -20,28 +20,9 @@ import torch
 from torch import Tensor
 
 from detr_full.transformer import MultiheadAttention, TransformerDecoderLayer, TransformerEncoderLayer
+from detr_full.exercises.checking import call, verdict, close
 
 AttentionFn = Callable[..., tuple[Tensor, Tensor]]
-
-
-def _verdict(ok: bool, message: str) -> bool:
-    print(("OK: " if ok else "not yet: ") + message)
-    return ok
-
-
-def _call(fn: Callable, *args, **kwargs) -> tuple[Optional[object], Optional[str]]:
-    """Run the learner's function; return (result, None) or (None, hint) when it raised."""
-    try:
-        with torch.no_grad():
-            return fn(*args, **kwargs), None
-    except NotImplementedError:
-        return None, "write the function body (it still raises NotImplementedError)."
-    except Exception as e:  # any mistake of the learner's becomes a hint, never a crash
-        return None, f"your function raised {type(e).__name__}: {e}"
-
-
-def _close(a: object, b: Tensor) -> bool:
-    return isinstance(a, Tensor) and a.shape == b.shape and torch.allclose(a.float(), b, rtol=1e-4, atol=1e-5)
 
 
 def _shape_hint(name: str, got: object, want: Tensor) -> Optional[str]:
@@ -98,22 +79,22 @@ def check_multi_head_attention(fn: AttentionFn) -> bool:
     ]
     for seed, (name, kw, hint) in enumerate(cases):
         args, mask, out_ref, w_ref = _attention_case(**kw, seed=seed)
-        result, error = _call(fn, *args, key_padding_mask=mask)
+        result, error = call(fn, *args, key_padding_mask=mask)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         if not (isinstance(result, tuple) and len(result) == 2):
-            return _verdict(False, "return a pair (output (B, Lq, D), weights (B, Lq, Lk)).")
+            return verdict(False, "return a pair (output (B, Lq, D), weights (B, Lq, Lk)).")
         out, weights = result
         bad_shape = _shape_hint("weights", weights, w_ref) or _shape_hint("output", out, out_ref)
         if bad_shape:
-            return _verdict(False, f"[{name}] {bad_shape}")
-        if not _close(weights, w_ref):
-            return _verdict(False, f"[{name}] the attention weights differ: {hint}")
-        if not _close(out, out_ref):
-            return _verdict(False, f"[{name}] the weights are right but the output differs: per head, "
+            return verdict(False, f"[{name}] {bad_shape}")
+        if not close(weights, w_ref):
+            return verdict(False, f"[{name}] the attention weights differ: {hint}")
+        if not close(out, out_ref):
+            return verdict(False, f"[{name}] the weights are right but the output differs: per head, "
                                    "weights @ v (B, H, Lq, D/H); merge the heads back to (B, Lq, D) "
                                    "(transpose, then reshape), then apply out_proj.")
-    return _verdict(True, "your attention matches detr_full.transformer.MultiheadAttention "
+    return verdict(True, "your attention matches detr_full.transformer.MultiheadAttention "
                           "(heads, scaling, padding mask, output projection).")
 
 
@@ -155,13 +136,13 @@ def check_encoder_layer(fn: Callable[..., Tensor]) -> bool:
         layer = _randomised(TransformerEncoderLayer(16, 4, 32, dropout=0.0, normalize_before=pre_norm), 1)
         with torch.no_grad():
             want = layer(src, mask, pos)
-        got, error = _call(fn, layer, src, mask, pos)
+        got, error = call(fn, layer, src, mask, pos)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         bad_shape = _shape_hint("the output", got, want)
         if bad_shape:
-            return _verdict(False, bad_shape)
-        if _close(got, want):
+            return verdict(False, bad_shape)
+        if close(got, want):
             continue
         kind = "pre-norm" if pre_norm else "post-norm"
         if not pre_norm:
@@ -170,15 +151,15 @@ def check_encoder_layer(fn: Callable[..., Tensor]) -> bool:
                         ("pos_in_values", "add pos to the queries and keys only; the values are src itself."),
                         ("no_pos", "add the position encoding pos to the queries and keys."),
                         ("no_mask", "pass padding_mask to self_attn as the key padding mask.")):
-                    if _close(got, _encoder_variant(layer, src, mask, pos, how)):
-                        return _verdict(False, f"[{kind}] {hint}")
+                    if close(got, _encoder_variant(layer, src, mask, pos, how)):
+                        return verdict(False, f"[{kind}] {hint}")
         hint = ("pre-norm normalises before each sub-layer: x = norm1(src); src = src + attn(x + pos, "
                 "x + pos, x); then src = src + ffn(norm2(src)), with no norm after the residual sum."
                 if pre_norm else
                 "post-norm: src = norm1(src + attn(src + pos, src + pos, src)); "
                 "then norm2(src + linear2(relu(linear1(src)))).")
-        return _verdict(False, f"[{kind}] the output differs. {hint}")
-    return _verdict(True, "your encoder layer matches detr_full's TransformerEncoderLayer (post-norm and pre-norm).")
+        return verdict(False, f"[{kind}] the output differs. {hint}")
+    return verdict(True, "your encoder layer matches detr_full's TransformerEncoderLayer (post-norm and pre-norm).")
 
 
 def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
@@ -198,13 +179,13 @@ def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
         layer = _randomised(TransformerDecoderLayer(16, 4, 32, dropout=0.0, normalize_before=pre_norm), 2)
         with torch.no_grad():
             want = layer(tgt, memory, memory + pos, mask, query_pos)
-        got, error = _call(fn, layer, tgt, memory, mask, pos, query_pos)
+        got, error = call(fn, layer, tgt, memory, mask, pos, query_pos)
         if error:
-            return _verdict(False, error)
+            return verdict(False, error)
         bad_shape = _shape_hint("the output", got, want)
         if bad_shape:
-            return _verdict(False, bad_shape)
-        if _close(got, want):
+            return verdict(False, bad_shape)
+        if close(got, want):
             continue
         kind = "pre-norm" if pre_norm else "post-norm"
         if not pre_norm:
@@ -212,8 +193,8 @@ def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
                 # the most common slip: forgetting pos on the cross-attention keys
                 x = layer.norm1(tgt + layer.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0])
                 x = layer.norm2(x + layer.multihead_attn(x + query_pos, memory, memory, mask)[0])
-                if _close(got, layer.norm3(x + layer._ffn(x))):
-                    return _verdict(False, f"[{kind}] the cross-attention keys are memory + pos "
+                if close(got, layer.norm3(x + layer._ffn(x))):
+                    return verdict(False, f"[{kind}] the cross-attention keys are memory + pos "
                                            "(the values stay memory).")
         hint = ("pre-norm: x = norm1(tgt); tgt = tgt + self_attn(x + query_pos, x + query_pos, x); "
                 "x = norm2(tgt); tgt = tgt + multihead_attn(x + query_pos, memory + pos, memory, mask); "
@@ -221,6 +202,6 @@ def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
                 "post-norm: tgt = norm1(tgt + self_attn(tgt + query_pos, tgt + query_pos, tgt)); "
                 "tgt = norm2(tgt + multihead_attn(tgt + query_pos, memory + pos, memory, mask)); "
                 "norm3(tgt + ffn(tgt)).")
-        return _verdict(False, f"[{kind}] the output differs. {hint}")
-    return _verdict(True, "your decoder layer matches detr_full's TransformerDecoderLayer (post-norm and pre-norm).")
+        return verdict(False, f"[{kind}] the output differs. {hint}")
+    return verdict(True, "your decoder layer matches detr_full's TransformerDecoderLayer (post-norm and pre-norm).")
 
