@@ -104,13 +104,16 @@ class Backbone(nn.Module):
         self.body = nn.Sequential(OrderedDict((n, m) for n, m in resnet.named_children() if n not in dropped))
         basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
         self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
+        # oneDNN's CPU convolutions are ~15% faster on channels-last tensors (benchmarks/bench_core.py);
+        # the state-dict keys and values are unchanged, only the memory layout differs.
+        self.body.to(memory_format=torch.channels_last)
         for param_name, param in self.body.named_parameters():
             if not train_backbone or not (train_stem or any(f"layer{i}" in param_name for i in (2, 3, 4))):
                 param.requires_grad_(False)
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W); padding_mask (B, H, W) True on padding -> (B, C, h, w), (B, h, w)."""
-        features = self.body(images)                                       # (B, C, H/stride, W/stride)
+        features = self.body(images.contiguous(memory_format=torch.channels_last))  # (B, C, H/stride, W/stride)
         mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()  # nearest
         return features, mask
 
