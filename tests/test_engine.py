@@ -26,15 +26,6 @@ OFFICIAL_TRAIN_KEYS = {"train_lr", "train_class_error", "train_loss", "train_los
                        "train_cardinality_error_unscaled"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two busy cores: one thread per process is faster and far less erratic than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_val=4)

@@ -24,14 +24,6 @@ TINY = dict(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_
             num_workers=0, device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_val=4)
