@@ -85,6 +85,9 @@ def save_checkpoint(obj: dict, path: Union[str, Path]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make the checkpoint private to this user
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
