@@ -20,12 +20,13 @@ drops the `layer4` (and `layer3`) keys.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
+
+from detr_full.checkpoint import load_checkpoint
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMAGENET_WEIGHTS = {  # what the official code gets from torchvision's pretrained=True
@@ -120,8 +121,6 @@ class Backbone(nn.Module):
 
 def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
     """ResNet weights from "imagenet" (torchvision's download), a local path or a URL."""
-    from detr_full.checkpoint import load_checkpoint  # deferred: checkpoint imports nothing of ours
-
     if source == "imagenet":
         weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
         return load_checkpoint(weights.url)["model"]
@@ -144,8 +143,8 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(name: str, position_embedding: nn.Module, lr_backbone: float = 1e-5,
-                   dilation: bool = False, pretrained: Optional[str] = "", frozen_bn: bool = True,
+                   dilation: bool = False, pretrained: str = "", frozen_bn: bool = True,
                    train_stem: bool = False, stride: int = 32) -> Joiner:
     return Joiner(Backbone(name, train_backbone=lr_backbone > 0, dilation=dilation,
-                           pretrained=pretrained or "", frozen_bn=frozen_bn, train_stem=train_stem,
+                           pretrained=pretrained, frozen_bn=frozen_bn, train_stem=train_stem,
                            stride=stride), position_embedding)
