@@ -4,6 +4,10 @@ Not a test: a probe used to choose `detr_full.config.shapes_cpu_recipe`. It trai
 pieces as `python -m detr_full.train` (dataset, loader, optimizer groups, warm-up, engine) but
 stops after `--seconds` of training or `--steps` iterations, then runs one COCO evaluation on
 shapes val and appends a JSON line (config, steps, wall-clock, CPU time, AP, AP50) to `--results`.
+`--eval_every N` also evaluates every N steps: the AP50 curve against steps and CPU minutes
+(evaluation time excluded from the clocks). With `--pretrained_backbone pretrain` the backbone
+pretraining runs first (into `--pretrain_cache`, a fresh folder by default, so it is timed) and its
+wall-clock and CPU time are recorded and counted in the curve's minutes.
 
     python benchmarks/shapes_recipe.py --name bn_stem --seconds 240 --recipe \\
         --lr 1e-3 --num_queries 20          # the recipe, with overrides
@@ -19,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 
 import torch
@@ -28,6 +33,7 @@ from detr_full.data.coco import build_dataset, coco_api
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.engine import evaluate, train_one_epoch
+from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
 from detr_full.train import LinearWarmup, build_optimizer, num_classes_of, parse_scales, seed_everything, \
     train_loader, val_loader
 
@@ -45,6 +51,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="/tmp/shapes_recipe.jsonl")
     parser.add_argument("--recipe", action="store_true", help="start from shapes_cpu_recipe()")
+    parser.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
+    parser.add_argument("--pretrain_cache", default="", help="pretrained-backbone cache (default: a fresh temp folder)")
     pre, _ = parser.parse_known_args(argv)
     base = shapes_cpu_recipe() if pre.recipe else TrainConfig()
     # the recipe's values become the flag defaults
@@ -55,7 +63,14 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(ns.threads)
     seed_everything(cfg.seed)
 
-    root = str(ensure_shapes())
+    root = cfg.coco_path or str(ensure_shapes())
+    pretrain_wall = pretrain_cpu = 0.0
+    if cfg.pretrained_backbone == PRETRAIN:
+        t0, c0 = time.perf_counter(), time.process_time()
+        cache = ns.pretrain_cache or tempfile.mkdtemp(prefix="pretrain-probe-")
+        cfg = dataclasses.replace(cfg, pretrained_backbone=str(pretrained_backbone_path(cfg, root, cache)))
+        pretrain_wall, pretrain_cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"[{ns.name}] pretraining: {pretrain_wall:.0f} s wall, {pretrain_cpu:.0f} s CPU", flush=True)
     scales = parse_scales(cfg.scales)
     ds_train = build_dataset("train", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
     ds_val = build_dataset("val", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
@@ -67,7 +82,24 @@ def main(argv: list[str]) -> None:
     print(f"[{ns.name}] {n_params:,} trainable parameters", flush=True)
 
     start, cpu0, steps, dropped = time.perf_counter(), time.process_time(), 0, False
+    paused_wall = paused_cpu = 0.0  # time spent in the intermediate evaluations, kept off the clocks
     history: list[dict] = []
+    curve: list[dict] = []
+
+    def run_eval() -> dict:
+        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False), coco_api(ds_val), "cpu",
+                            progress=False)
+        ap = stats["coco_eval_bbox"]
+        return {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
+                "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
+                "val_class_error": round(stats["class_error"], 1)}
+
+    def clocks() -> dict:
+        wall = time.perf_counter() - start - paused_wall
+        cpu = time.process_time() - cpu0 - paused_cpu
+        return {"step": steps, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
+                "total_wall_min": round((wall + pretrain_wall) / 60, 2),
+                "total_cpu_min": round((cpu + pretrain_cpu) / 60, 2)}
     window: list[dict[str, float]] = []
 
     def record_losses(module, args, loss_dict) -> None:  # criterion forward hook: per-step terms
@@ -78,15 +110,24 @@ def main(argv: list[str]) -> None:
     criterion.register_forward_hook(record_losses)
 
     def after_step() -> None:
-        nonlocal steps, dropped
+        nonlocal steps, dropped, paused_wall, paused_cpu
         warmup.step()
         steps += 1
+        if ns.eval_every and steps % ns.eval_every == 0 and not (ns.steps and steps >= ns.steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            curve.append({**clocks(), **run_eval()})
+            print(f"[{ns.name}] eval {curve[-1]}", flush=True)
+            model.train()
+            criterion.train()
+            paused_wall += time.perf_counter() - t0
+            paused_cpu += time.process_time() - c0
         if steps % 50 == 0:
             mean = {k: round(sum(w[k] for w in window) / len(window), 3) for k in window[0]}
             history.append({"step": steps, "s": round(time.perf_counter() - start), **mean})
             print(f"[{ns.name}] {history[-1]}", flush=True)
             window.clear()
         elapsed = time.perf_counter() - start
+        elapsed -= paused_wall
         frac = max(elapsed / ns.seconds if ns.seconds else 0.0, steps / ns.steps if ns.steps else 0.0)
         if ns.drop_at and not dropped and frac >= ns.drop_at:
             for group in optimizer.param_groups:
@@ -105,20 +146,15 @@ def main(argv: list[str]) -> None:
             epoch += 1
     except _Budget:
         pass
-    train_wall, train_cpu = time.perf_counter() - start, time.process_time() - cpu0
+    final = clocks()
     t0 = time.perf_counter()
-    stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False), coco_api(ds_val), "cpu",
-                        progress=False)
+    curve.append({**final, **run_eval()})
     eval_wall = time.perf_counter() - t0
-    ap = stats["coco_eval_bbox"]
-    record = {"name": ns.name, "steps": steps, "train_wall_s": round(train_wall, 1),
-              "train_cpu_s": round(train_cpu, 1), "eval_wall_s": round(eval_wall, 1),
-              "img_per_s": round(steps * cfg.batch_size / train_wall, 2),
-              "AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
-              "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
-              "val_class_error": round(stats["class_error"], 1), "history": history,
-              "drop_at": ns.drop_at, "config": dataclasses.asdict(cfg)}
-    print(json.dumps({k: v for k, v in record.items() if k not in ("config", "history")}), flush=True)
+    record = {"name": ns.name, **curve[-1], "pretrain_wall_s": round(pretrain_wall, 1),
+              "pretrain_cpu_s": round(pretrain_cpu, 1), "eval_wall_s": round(eval_wall, 1),
+              "img_per_s": round(steps * cfg.batch_size / final["train_wall_s"], 2), "curve": curve,
+              "history": history, "drop_at": ns.drop_at, "config": dataclasses.asdict(cfg)}
+    print(json.dumps({k: v for k, v in record.items() if k not in ("config", "history", "curve")}), flush=True)
     with open(ns.results, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 

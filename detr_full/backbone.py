@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from detr_full.checkpoint import load_checkpoint
+from detr_full.checkpoint import CheckpointError, load_checkpoint
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 IMAGENET_WEIGHTS = {  # what the official code gets from torchvision's pretrained=True
@@ -98,11 +98,13 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(
             weights=None, replace_stride_with_dilation=[False, False, dilation],
             norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
-        if pretrained:
-            resnet.load_state_dict(load_imagenet_weights(name, pretrained), strict=False)
         last = STRIDE_LAST_LAYER[stride]
         dropped = {"avgpool", "fc"} | {f"layer{i}" for i in range(last + 1, 5)}
         self.body = nn.Sequential(OrderedDict((n, m) for n, m in resnet.named_children() if n not in dropped))
+        if pretrained:
+            weights = load_imagenet_weights(name, pretrained)
+            check_backbone_weights(self.body, weights, pretrained, name)
+            self.body.load_state_dict(weights, strict=False)  # extra keys (fc, dropped stages) are not used
         basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
         self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
         # oneDNN's CPU convolutions are ~15% faster on channels-last tensors (benchmarks/bench_core.py);
@@ -125,6 +127,24 @@ def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
         weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
         return load_checkpoint(weights.url)["model"]
     return load_checkpoint(source)["model"]
+
+
+def check_backbone_weights(body: nn.Module, weights: dict[str, Tensor], source: str, name: str) -> None:
+    """Raise a CheckpointError naming `source` unless `weights` has every parameter and statistic of
+    `body` with its shape. Keys `body` does not use (the classifier `fc`, stages a smaller stride
+    drops) are fine; `num_batches_tracked` is optional, as in torchvision's own files."""
+    own = {k: v for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked")}
+    missing = [k for k in own if k not in weights]
+    mismatched = [f"{k} {tuple(weights[k].shape)} (expected {tuple(v.shape)})"
+                  for k, v in own.items() if k in weights and weights[k].shape != v.shape]
+    if missing or mismatched:
+        shown = (mismatched + missing)[:4]
+        raise CheckpointError(
+            f"Pretrained backbone weights {source} do not fit a {name} "
+            f"({len(mismatched)} tensors with other shapes, {len(missing)} missing; e.g. {', '.join(shown)}). "
+            f"Expected a torchvision {name} state_dict (keys conv1.weight, bn1.*, layer1.*, ...) up to the "
+            "last stage kept by backbone_stride; pass --backbone with the architecture the file was made for, "
+            "or make a matching one with `python -m detr_full.pretrain --backbone NAME`.")
 
 
 class Joiner(nn.Sequential):

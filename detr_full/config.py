@@ -23,7 +23,8 @@ class DETRConfig:
     dilation: bool = False              # DC5: dilate layer4 instead of striding (output stride 16)
     position_embedding: str = "sine"    # "sine" (paper) or "learned" (row/col embeddings, <= 50x50)
     lr_backbone: float = 1e-5           # <= 0 freezes the whole backbone (official semantics)
-    pretrained_backbone: str = ""       # "" = random init (offline); "imagenet", a path or a URL
+    pretrained_backbone: str = ""       # "" = random init (offline); "imagenet", a path or a URL; for
+                                        # training, "pretrain" = made on the train set (detr_full.pretrain)
     # Not in the official code, which always fine-tunes a pretrained backbone; defaults = official.
     frozen_bn: bool = True              # FrozenBatchNorm2d; False = trainable BatchNorm2d (random init)
     train_stem: bool = False            # also train conv1 + layer1 (official: frozen, as pretrained)
@@ -58,6 +59,8 @@ class TrainConfig(DETRConfig):
     lr_drop: int = 200                  # StepLR step size in epochs (gamma 0.1)
     clip_max_norm: float = 0.1          # gradient clipping max norm; 0 disables
     warmup_steps: int = 0               # linear lr warm-up in iterations; 0 = official (none)
+    pretrain_task: str = "objects"      # with pretrained_backbone="pretrain": detr_full.pretrain's task
+    pretrain_steps: int = 600           # ... and its length (cached: made once per dataset and config)
     frozen_weights: Optional[str] = None
     masks: bool = False                 # segmentation head: not implemented in detr-course
     mask_loss_coef: float = 1.0

@@ -53,6 +53,7 @@ from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
+from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
 from detr_full.viz import plot_logs
 
 
@@ -304,6 +305,11 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                           "--num_classes to derive it.")
     categories = category_names(reference_set)
     coco_gt = coco_api(dataset_val)
+    if cfg.pretrained_backbone == PRETRAIN:
+        # Rank 0 pretrains (or finds the cache) while the others wait; a resumed run takes every weight
+        # from its checkpoint, so there is nothing to pretrain.
+        path = "" if cfg.resume else (str(pretrained_backbone_path(cfg, coco_path)) if main_process else None)
+        cfg = dataclasses.replace(cfg, pretrained_backbone=all_gather_object(path)[0])
 
     model, criterion, postprocess = build_detr(model_config(cfg))
     model.to(device)

@@ -78,6 +78,22 @@ def test_crowd_and_degenerate_dropped_and_counted(tiny, caplog):
     assert len([r for r in caplog.records if "dropped" in r.getMessage()]) == 1  # once, at load
 
 
+def test_boxes_outside_the_image_are_clipped_and_counted(tiny, caplog):
+    with caplog.at_level(logging.WARNING, logger="detr_full.data.coco"):
+        ds = CocoDetection(*tiny)
+    assert ds.clipped == 1                                   # annotation 13 starts at y = -2; the rest fit
+    messages = [r.getMessage() for r in caplog.records if "clipped" in r.getMessage()]
+    assert len(messages) == 1 and "1 of 4 boxes" in messages[0]
+
+
+def test_boxes_inside_the_image_are_not_reported_as_clipped(tmp_path, caplog):
+    data = base_dataset()
+    data["annotations"] = [a for a in data["annotations"] if a["id"] != 13]
+    with caplog.at_level(logging.WARNING, logger="detr_full.data.coco"):
+        ds = CocoDetection(*write_coco(tmp_path, data))
+    assert ds.clipped == 0 and not [r for r in caplog.records if "clipped" in r.getMessage()]
+
+
 def test_zero_object_image_is_kept(tiny):
     ds = CocoDetection(*tiny)
     _, target = ds[2]

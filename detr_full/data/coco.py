@@ -8,7 +8,8 @@ See `transforms.py` for the target dict contract.
 Differences from the official code:
 - the JSON is validated before pycocotools sees it; bad input raises `DatasetError` with one
   paragraph naming the file, the field and the fix (pycocotools fails with a KeyError or worse);
-- dropped annotations are counted at load (`dataset.dropped`) and logged once;
+- dropped annotations are counted at load (`dataset.dropped`) and logged once, and so are the boxes
+  clipped to their image (`dataset.clipped`; the official code clips them silently);
 - negative-size boxes and boxes entirely outside their image are errors, not silently dropped;
 - grayscale, RGBA, CMYK and palette images are converted to RGB on read;
 - a missing "area" is filled with the bbox area (COCOeval needs it for small/medium/large).
@@ -144,16 +145,17 @@ def clamped_box_xyxy(bbox: list[float], width: float, height: float) -> tuple[fl
 
 
 def validate_coco(data: dict[str, Any], ann_file: PathLike) -> dict[str, int]:
-    """Check a parsed COCO dict in place; fill defaults; return dropped counts {"crowd", "degenerate"}.
+    """Check a parsed COCO dict in place; fill defaults; return counts {"crowd", "degenerate", "clipped"}.
 
     Errors (DatasetError): string or unknown category ids, unknown image ids, malformed bbox,
     negative width/height, box entirely outside its image. Dropped (counted, as the official
-    code does at load): iscrowd = 1, and zero-width or zero-height boxes ("degenerate").
+    code does at load): iscrowd = 1, and zero-width or zero-height boxes ("degenerate"). Kept but
+    counted: "clipped", boxes that run outside their image and are clipped to it at load.
     """
     ann_file = Path(ann_file)
     category_ids = _validate_categories(data, ann_file)
     images = _validate_images(data, ann_file)
-    dropped = {"crowd": 0, "degenerate": 0}
+    dropped = {"crowd": 0, "degenerate": 0, "clipped": 0}
     seen_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
@@ -208,6 +210,8 @@ def validate_coco(data: dict[str, Any], ann_file: PathLike) -> dict[str, int]:
                 f"{ann_file}: {where} has bbox {list(bbox)} (x, y, width, height) entirely outside "
                 f"the {img['width']}x{img['height']} image. Check the box coordinates and the image's "
                 "width/height, or remove the annotation.")
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            dropped["clipped"] += 1
     return dropped
 
 
@@ -299,7 +303,8 @@ class CocoDetection(Dataset):
     """COCO-format detection set: item i -> (image, target); see `transforms.py` for the target dict.
 
     Without `transforms` the image is a PIL RGB image and boxes are absolute xyxy. The JSON is
-    validated at construction; `dropped` counts the crowd and zero-size annotations left out.
+    validated at construction; `dropped` counts the crowd and zero-size annotations left out,
+    `clipped` the boxes that ran outside their image and were clipped to it.
     """
 
     def __init__(self, img_folder: PathLike, ann_file: PathLike, transforms: Optional[Callable] = None,
@@ -309,7 +314,9 @@ class CocoDetection(Dataset):
         self.transforms = transforms
         self.return_masks = return_masks
         data = read_annotation_json(self.ann_file)
-        self.dropped = validate_coco(data, self.ann_file)
+        counts = validate_coco(data, self.ann_file)
+        self.clipped = counts.pop("clipped")
+        self.dropped = counts
         if not self.img_folder.is_dir():
             raise DatasetError(
                 f"Image folder {self.img_folder} (for {self.ann_file}) does not exist. Expected "
@@ -322,6 +329,9 @@ class CocoDetection(Dataset):
             log("%s: %d images, %d annotations; dropped %d crowd and %d zero-size (degenerate) boxes",
                 self.ann_file, len(self.ids), len(data["annotations"]),
                 self.dropped["crowd"], self.dropped["degenerate"])
+        if self.clipped:
+            logger.warning("%s: %d of %d boxes run outside their image and were clipped to it", self.ann_file,
+                           self.clipped, len(data["annotations"]))
 
     def _check_files_exist(self, images: list[dict[str, Any]]) -> None:
         listed = set(os.listdir(self.img_folder))  # one directory read instead of one stat per image

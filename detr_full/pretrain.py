@@ -1,0 +1,345 @@
+"""Backbone pretraining on a detection dataset's own labels: the course's ImageNet.
+
+DETR never trains its ResNet from scratch: the paper starts from ImageNet weights, and from
+random init the detector sits at "no object" for hundreds of epochs (facebookresearch/detr#125).
+This machine cannot download ImageNet weights, and a learner on a laptop should not need them, so
+we pretrain the same ResNet on a classification task made from the training set's annotations:
+
+- task "objects" (ImageNet-like): one crop around each annotated object, with random context
+  (the object fills 40-80 % of the crop side), jitter and flips; single-label cross-entropy over
+  the dataset's categories;
+- task "multilabel": whole images, letterboxed to a square; which categories are present,
+  multi-label BCE (image-level labels, the weakest supervision a detection set offers).
+
+Only the layers DETR will use are trained (`stride` 16 stops after layer3), with trainable BN;
+DETR then loads them like torchvision's ImageNet weights (`pretrained_backbone=<path>`) and, as
+in the paper, freezes the BN statistics and the stem.
+
+    python -m detr_full.pretrain                        # data/shapes -> data/pretrained/<name>.pth
+    python -m detr_full.pretrain --coco_path data/other --task multilabel --steps 800
+
+`ensure_pretrained(coco_path, cfg)` is the cached entry point used by `--pretrained_backbone
+pretrain`: the weights are made on first use and reused after, keyed by the config and the
+training annotations; a cache file that does not load is rebuilt, never used. Deterministic from
+`seed` on CPU (one thread or many: the same ops, the same order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from detr_full.backbone import Backbone, check_backbone_weights
+from detr_full.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from detr_full.config import TrainConfig, config_from_args
+from detr_full.data.coco import DatasetError, load_rgb, read_annotation_json, validate_coco
+from detr_full.data.shapes import DEFAULT_ROOT, ensure_shapes
+from detr_full.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+PathLike = Union[str, Path]
+DEFAULT_CACHE = DEFAULT_ROOT.parent / "pretrained"   # <repo>/data/pretrained, beside data/shapes
+TASKS = ("objects", "multilabel")
+
+
+@dataclass
+class PretrainConfig:
+    backbone: str = "resnet18"      # the ResNet DETR will use
+    stride: int = 16                # train the stages DETR keeps: 16 = up to layer3 (DETRConfig.backbone_stride)
+    task: str = "objects"           # "objects" (a crop per object, single label) or "multilabel" (whole images)
+    steps: int = 600                # optimiser steps
+    batch_size: int = 32
+    lr: float = 2e-3                # AdamW; a cosine decay to 0 over `steps` after the warm-up
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50          # linear warm-up: a random network at full lr from step 0 is fragile
+    crop_size: int = 64             # "objects": crops are crop_size x crop_size
+    image_size: int = 128           # "multilabel": images letterboxed to image_size x image_size
+    seed: int = 0
+
+
+class BackboneClassifier(nn.Module):
+    """A detr_full Backbone (trainable BN, stem included) + global average pool + linear classifier.
+
+    `self.backbone.body` has torchvision's key names (conv1.*, layer1.*), so its state_dict is what
+    `Backbone(pretrained=path)` loads.
+    """
+
+    def __init__(self, name: str, stride: int, num_classes: int):
+        super().__init__()
+        self.backbone = Backbone(name, frozen_bn=False, train_stem=True, stride=stride)
+        self.fc = nn.Linear(self.backbone.num_channels, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images (B, 3, H, W) normalised -> logits (B, num_classes)."""
+        features = self.backbone.body(images.contiguous(memory_format=torch.channels_last))  # (B, C, h, w)
+        return self.fc(features.mean(dim=(2, 3)))                                            # (B, N)
+
+
+# ----------------------------------------------------------------------------- the classification data
+
+class ClassificationSet:
+    """A COCO-layout split decoded once into memory, served as classification batches.
+
+    objects: `objects` (M, 6) float = [image index, x0, y0, x1, y1 (absolute xyxy), class index];
+    images: uint8 (3, H, W) tensors; labels index `category_ids` (sorted COCO ids).
+    """
+
+    def __init__(self, coco_path: PathLike, split: str, category_ids: Optional[list[int]] = None):
+        root = Path(coco_path)
+        ann_file = root / "annotations" / f"instances_{split}2017.json"
+        data = read_annotation_json(ann_file)
+        validate_coco(data, ann_file)
+        self.category_ids = category_ids or sorted(int(c["id"]) for c in data["categories"])
+        index_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        image_index = {img["id"]: i for i, img in enumerate(data["images"])}
+        self.images = [torch.from_numpy(_pixels(root / f"{split}2017" / img["file_name"]))
+                       for img in data["images"]]                                       # (3, H, W) uint8 each
+        self.labels = torch.zeros(len(self.images), len(self.category_ids))             # (I, N) multi-hot
+        rows = []
+        for ann in data["annotations"]:
+            x, y, w, h = ann["bbox"]
+            if ann.get("iscrowd") or w <= 0 or h <= 0 or ann["category_id"] not in index_of:
+                continue
+            i = image_index[ann["image_id"]]
+            self.labels[i, index_of[ann["category_id"]]] = 1.0
+            rows.append([i, x, y, x + w, y + h, index_of[ann["category_id"]]])
+        self.objects = torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)          # (M, 6)
+        if split == "train" and len(self.objects) == 0:
+            raise DatasetError(f"{ann_file}: no usable box annotations, so there is nothing to pretrain "
+                               "the backbone on. Use --pretrained_backbone '' (random init) or a path.")
+
+    def object_batch(self, indices: Tensor, crop: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """Crops around objects `indices` (B,) -> images (B, 3, crop, crop) normalised, labels (B,).
+
+        With a generator (training): the object fills 40-80 % of the crop side, its centre moves by
+        up to 15 % of the crop, and half the crops are flipped. Without: centred, 60 %, no flip.
+        Outside the image the crop is black (zero before normalisation)."""
+        rows = self.objects[indices]                                                     # (B, 6)
+        x0, y0, x1, y1 = rows[:, 1:5].unbind(1)
+        n = len(rows)
+        if generator is None:
+            fill, shift, flip = torch.full((n,), 0.6), torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool)
+        else:
+            fill = 0.4 + 0.4 * torch.rand(n, generator=generator)
+            shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.3
+            flip = torch.rand(n, generator=generator) < 0.5
+        side = torch.maximum(x1 - x0, y1 - y0) / fill                                    # (B,) crop side, px
+        cx = (x0 + x1) / 2 + shift[:, 0] * side
+        cy = (y0 + y1) / 2 + shift[:, 1] * side
+        windows = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)  # (B, 4) xyxy
+        crops = torch.cat([roi_align(self.images[int(i)][None].float(), [w[None]], crop, aligned=True)
+                           for i, w in zip(rows[:, 0].tolist(), windows)])               # (B, 3, crop, crop)
+        crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+        return _normalise(crops), rows[:, 5].long()
+
+    def image_batch(self, indices: Tensor, size: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+        """Whole images `indices` (B,), letterboxed to size x size -> (B, 3, size, size), labels (B, N)."""
+        batch = torch.zeros(len(indices), 3, size, size)
+        for b, i in enumerate(indices.tolist()):
+            image = self.images[i].float()
+            h, w = image.shape[-2:]
+            scale = size / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            batch[b, :, :nh, :nw] = F.interpolate(image[None], size=(nh, nw), mode="bilinear", antialias=True,
+                                                  align_corners=False)[0]
+        if generator is not None:
+            flip = torch.rand(len(indices), generator=generator) < 0.5
+            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        return _normalise(batch), self.labels[indices]
+
+
+def _pixels(path: Path):
+    import numpy as np
+
+    try:
+        return np.ascontiguousarray(np.asarray(load_rgb(path)).transpose(2, 0, 1))       # (3, H, W) uint8
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise DatasetError(f"Image file {path} cannot be read for backbone pretraining ({e}). Restore or "
+                           "regenerate it, or remove it from the annotation JSON.") from None
+
+
+def _normalise(images_0_255: Tensor) -> Tensor:
+    """(B, 3, H, W) in [0, 255] -> ImageNet-normalised, as DETR's input transform does."""
+    mean = torch.tensor(IMAGENET_MEAN)[None, :, None, None] * 255
+    std = torch.tensor(IMAGENET_STD)[None, :, None, None] * 255
+    return (images_0_255 - mean) / std
+
+
+# ----------------------------------------------------------------------------- training
+
+def _lr_factor(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batch(data: ClassificationSet, indices: Tensor, cfg: PretrainConfig,
+           generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+    if cfg.task == "objects":
+        return data.object_batch(indices, cfg.crop_size, generator)
+    return data.image_batch(indices, cfg.image_size, generator)
+
+
+def _loss(logits: Tensor, labels: Tensor, task: str) -> Tensor:
+    if task == "objects":
+        return F.cross_entropy(logits, labels)
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def _num_correct(logits: Tensor, labels: Tensor, task: str) -> float:
+    """objects: correct top-1; multilabel: images whose every label is right at threshold 0.5."""
+    if task == "objects":
+        return float((logits.argmax(-1) == labels).sum())
+    return float(((logits > 0) == labels.bool()).all(-1).sum())
+
+
+@torch.no_grad()
+def accuracy(model: BackboneClassifier, data: ClassificationSet, cfg: PretrainConfig, limit: int = 1000) -> float:
+    """Accuracy on (at most `limit` items of) `data`, without augmentation."""
+    was_training = model.training
+    model.eval()
+    n = min(limit, len(data.objects) if cfg.task == "objects" else len(data.images))
+    correct = 0.0
+    for start in range(0, n, 100):
+        images, labels = _batch(data, torch.arange(start, min(n, start + 100)), cfg, None)
+        correct += _num_correct(model(images), labels, cfg.task)
+    model.train(was_training)
+    return correct / max(n, 1)
+
+
+def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Train a BackboneClassifier on `coco_path`'s train split; return the checkpoint dict.
+
+    The dict: `model` (the backbone body's state_dict, torchvision key names), `args` (the config,
+    architecture included), `categories` (the class order of the head), `history` (per-step loss and
+    train accuracy every 25 steps) and `val_accuracy` (on the val split, when it has objects).
+    """
+    if cfg.task not in TASKS:
+        raise ValueError(f"PretrainConfig.task must be one of {TASKS}, got {cfg.task!r}.")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train = ClassificationSet(coco_path, "train")
+    model = BackboneClassifier(cfg.backbone, cfg.stride, len(train.category_ids))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    pool = len(train.objects) if cfg.task == "objects" else len(train.images)
+    history, window = [], []
+    bar = tqdm(range(cfg.steps), desc=f"pretrain {cfg.backbone} ({cfg.task})", disable=not progress,
+               dynamic_ncols=True)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step, cfg)
+        indices = torch.randint(pool, (cfg.batch_size,), generator=generator)
+        images, labels = _batch(train, indices, cfg, generator)
+        logits = model(images)
+        loss = _loss(logits, labels, cfg.task)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append((float(loss.detach()), _num_correct(logits.detach(), labels, cfg.task) / len(labels)))
+        if (step + 1) % 25 == 0 or step + 1 == cfg.steps:
+            history.append({"step": step + 1, "loss": sum(w[0] for w in window) / len(window),
+                            "train_accuracy": sum(w[1] for w in window) / len(window)})
+            window.clear()
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.2f}")
+    val_accuracy = None
+    if (Path(coco_path) / "annotations" / "instances_val2017.json").is_file():
+        val = ClassificationSet(coco_path, "val", train.category_ids)
+        if len(val.objects):
+            val_accuracy = accuracy(model, val, cfg)
+    return {"model": model.backbone.body.state_dict(), "args": dataclasses.asdict(cfg),
+            "categories": train.category_ids, "history": history, "val_accuracy": val_accuracy}
+
+
+# ----------------------------------------------------------------------------- cache
+
+def cache_path(coco_path: PathLike, cfg: PretrainConfig, cache_dir: Optional[PathLike] = None) -> Path:
+    """Where `ensure_pretrained` keeps the weights for this config and these training annotations."""
+    ann_file = Path(coco_path) / "annotations" / "instances_train2017.json"
+    if not ann_file.is_file():
+        raise DatasetError(f"{ann_file} does not exist, so the backbone cannot be pretrained on {coco_path}. "
+                           "Pass a COCO-layout folder (annotations/instances_train2017.json + train2017/).")
+    digest = hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    digest.update(ann_file.read_bytes())
+    return Path(cache_dir or DEFAULT_CACHE) / f"{cfg.backbone}_stride{cfg.stride}_{cfg.task}_{digest.hexdigest()[:12]}.pth"
+
+
+def ensure_pretrained(coco_path: Optional[PathLike] = None, cfg: Optional[PretrainConfig] = None,
+                      cache_dir: Optional[PathLike] = None, progress: bool = True) -> Path:
+    """The path of backbone weights pretrained with `cfg` on `coco_path` (default: data/shapes),
+    trained now if no valid cached file exists in `cache_dir` (default: data/pretrained). A cached file that does not load or does not fit
+    the architecture is reported and rebuilt."""
+    cfg = cfg or PretrainConfig()
+    coco_path = Path(coco_path) if coco_path is not None else ensure_shapes()
+    path = cache_path(coco_path, cfg, cache_dir)
+    if path.is_file():
+        try:
+            weights = load_checkpoint(path)
+            if weights.get("args") != dataclasses.asdict(cfg):
+                raise CheckpointError(f"{path} was made with other settings ({weights.get('args')})")
+            check_backbone_weights(Backbone(cfg.backbone, stride=cfg.stride).body, weights["model"], str(path),
+                                   cfg.backbone)
+            return path
+        except CheckpointError as e:
+            print(f"Cached pretrained backbone is unusable and will be rebuilt: {e}", file=sys.stderr)
+    n = "an object crop" if cfg.task == "objects" else "an image"
+    print(f"Pretraining the {cfg.backbone} backbone on {coco_path} ({cfg.steps} steps of {cfg.batch_size} x {n}, "
+          f"task '{cfg.task}'); made once, then reused from {path}", flush=True)
+    start = time.perf_counter()
+    result = pretrain(coco_path, cfg, progress=progress)
+    save_checkpoint(result, path)
+    val = f"{result['val_accuracy']:.3f}" if result["val_accuracy"] is not None else "n/a"
+    print(f"Pretrained in {time.perf_counter() - start:.0f} s: val accuracy {val}", flush=True)
+    return path
+
+
+PRETRAIN = "pretrain"  # the pretrained_backbone value that asks for ensure_pretrained
+
+
+def pretrained_backbone_path(cfg: TrainConfig, coco_path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
+    """What `pretrained_backbone="pretrain"` means for a training config: the cached weights for its
+    backbone, stride, pretrain_task, pretrain_steps and seed on `coco_path`, made first if needed."""
+    pcfg = PretrainConfig(backbone=cfg.backbone, stride=cfg.backbone_stride, task=cfg.pretrain_task,
+                          steps=cfg.pretrain_steps, seed=cfg.seed)
+    return ensure_pretrained(coco_path, pcfg, cache_dir)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m detr_full.pretrain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--coco_path", default=None, help="COCO-layout folder (default: data/shapes, made if missing)")
+    parser.add_argument("--out", default="", help="write the weights here (default: the cache in data/pretrained)")
+    cfg = config_from_args(PretrainConfig, argv, parser=parser)
+    ns = parser.parse_known_args(argv)[0]
+    try:
+        if ns.out:
+            coco_path = ns.coco_path or ensure_shapes()
+            result = pretrain(coco_path, cfg)
+            save_checkpoint(result, ns.out)
+            path = Path(ns.out)
+            print(f"val accuracy {result['val_accuracy']}")
+        else:
+            path = ensure_pretrained(ns.coco_path, cfg)
+    except (DatasetError, CheckpointError, ValueError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    print(f"Backbone weights: {path}\nUse them with: python -m detr_full.train --pretrained_backbone {path} "
+          f"--backbone {cfg.backbone} --backbone_stride {cfg.stride}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
