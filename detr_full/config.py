@@ -39,6 +39,8 @@ class DETRConfig:
     num_queries: int = 100              # Q, detection slots per image
     pre_norm: bool = False              # pre-LN layers (+ a final encoder LayerNorm)
     aux_loss: bool = True               # decoding losses after every decoder layer (paper section 3.1)
+    # Convergence fixes of DETR's successors, off by default (official DETR)
+    num_query_groups: int = 1           # Group DETR: K groups of queries matched one-to-one each, in training
     # Hungarian matcher weights (official main.py: 1, 5, 2)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0
@@ -73,6 +75,7 @@ class TrainConfig(DETRConfig):
     scales: Optional[str] = None        # training short sides, e.g. "480,512,...,800"; None = official
     max_size: int = 1333                # longest side after resize
     val_size: int = 800                 # validation short side
+    aspect_ratio_grouping: bool = False # batch images of similar aspect (less padding); official: random
     # Run
     output_dir: str = ""                # empty = no checkpoints or logs
     device: str = "auto"                # auto = cuda when available, else cpu

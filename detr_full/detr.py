@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from detr_full.backbone import build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
+from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
 from detr_full.position_encoding import build_position_encoding
 from detr_full.postprocess import PostProcess
@@ -41,14 +42,15 @@ class MLP(nn.Module):
 
 class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
-                 num_queries: int, aux_loss: bool = False):
+                 num_queries: int, aux_loss: bool = False, num_query_groups: int = 1):
         super().__init__()
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
+        self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
         self.transformer = transformer
         self.class_embed = nn.Linear(d, num_classes + 1)                # +1: "no object"
         self.bbox_embed = MLP(d, d, 4, 3)
-        self.query_embed = nn.Embedding(num_queries, d)                 # the object queries
+        self.query_embed = nn.Embedding(num_queries * num_query_groups, d)  # the object queries
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = backbone
 
@@ -66,7 +68,10 @@ class DETR(nn.Module):
             raise ValueError(f"padding_mask must be bool of shape (B, H, W) = {(images.shape[0], *images.shape[2:])}, "
                              f"True on padding; got {padding_mask.dtype} {tuple(padding_mask.shape)}.")
         features, mask, pos = self.backbone(images, padding_mask)       # (B, C, h, w), (B, h, w), (B, D, h, w)
-        hs = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)[0]  # (layers, B, Q, D)
+        queries, query_allowed = self.query_embed.weight, None          # (Q, D)
+        if self.num_query_groups > 1:
+            queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
+        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed)[0]  # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         boxes = self.bbox_embed(hs).sigmoid()                           # (layers, B, Q, 4)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
@@ -92,7 +97,12 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm)
-    model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss)
+    model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
+                 num_query_groups=cfg.num_query_groups)
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
-    criterion = SetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef)
+    if cfg.num_query_groups > 1:
+        criterion = GroupSetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef,
+                                      num_queries=cfg.num_queries)
+    else:
+        criterion = SetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef)
     return model, criterion, PostProcess()

@@ -49,6 +49,7 @@ from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_we
 from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
 from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
 from detr_full.data.collate import collate_fn
+from detr_full.data.sampler import GroupedBatchSampler, aspect_ratios
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
@@ -223,10 +224,14 @@ def train_sampler(dataset, cfg: TrainConfig, epoch: int, distributed: bool):
 
 def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool) -> DataLoader:
     sampler = train_sampler(dataset, cfg, epoch, distributed)
+    if cfg.aspect_ratio_grouping:
+        batches = GroupedBatchSampler(sampler, aspect_ratios(dataset), cfg.batch_size)
+    else:
+        batches = BatchSampler(sampler, cfg.batch_size, drop_last=True)
     # The loader's generator seeds the workers' augmentation RNGs: also a function of (seed, epoch, rank).
     generator = torch.Generator().manual_seed(cfg.seed + epoch + 1_000_003 * get_rank())
-    return DataLoader(dataset, batch_sampler=BatchSampler(sampler, cfg.batch_size, drop_last=True),
-                      collate_fn=collate_fn, num_workers=cfg.num_workers, generator=generator)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                      generator=generator)
 
 
 def val_loader(dataset, cfg: TrainConfig, distributed: bool) -> DataLoader:

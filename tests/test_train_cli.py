@@ -81,9 +81,11 @@ def test_eval_resume_reevaluates(trained, shapes, tmp_path):
     assert not (tmp_path / "checkpoint.pth").exists()  # --eval writes no checkpoint
 
 
-def test_resume_is_bit_exact(shapes, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"num_query_groups": 2, "aspect_ratio_grouping": True}],
+                         ids=["official", "query_groups+aspect_grouping"])
+def test_resume_is_bit_exact(shapes, tmp_path, options):
     """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, optimizer and log."""
-    settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1)
+    settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1, **options)
     main(TrainConfig(**{**settings, "epochs": 2, "output_dir": str(tmp_path / "a")}))
     main(TrainConfig(**{**settings, "epochs": 1, "output_dir": str(tmp_path / "b")}))
     resumed = main(TrainConfig(**{**settings, "epochs": 2, "output_dir": str(tmp_path / "b"),
