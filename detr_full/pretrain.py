@@ -5,9 +5,11 @@ random init the detector sits at "no object" for hundreds of epochs (facebookres
 This machine cannot download ImageNet weights, and a learner on a laptop should not need them, so
 we pretrain the same ResNet on a classification task made from the training set's annotations:
 
-- task "objects" (ImageNet-like): one crop around each annotated object, with random context
-  (the object fills 40-80 % of the crop side), jitter and flips; single-label cross-entropy over
-  the dataset's categories;
+- task "objects" (ImageNet-like): one crop around each annotated object, cut at the scale DETR
+  will see it (the image resized to a `short_side` of DETR's input size, +-30 %), the object
+  anywhere inside, flipped half the time; single-label cross-entropy over the dataset's
+  categories. Scale matters: features trained on objects of one size do not fire on the same
+  shapes twice as large, and DETR's images hold every size;
 - task "multilabel": whole images, letterboxed to a square; which categories are present,
   multi-label BCE (image-level labels, the weakest supervision a detection set offers).
 
@@ -64,7 +66,8 @@ class PretrainConfig:
     lr: float = 2e-3                # AdamW; a cosine decay to 0 over `steps` after the warm-up
     weight_decay: float = 1e-4
     warmup_steps: int = 50          # linear warm-up: a random network at full lr from step 0 is fragile
-    crop_size: int = 64             # "objects": crops are crop_size x crop_size
+    crop_size: int = 64             # "objects": crops are crop_size x crop_size ...
+    short_side: int = 160           # ... cut from the image as if resized to this short side (DETR's val_size)
     image_size: int = 128           # "multilabel": images letterboxed to image_size x image_size
     seed: int = 0
 
@@ -92,7 +95,8 @@ class BackboneClassifier(nn.Module):
 class ClassificationSet:
     """A COCO-layout split decoded once into memory, served as classification batches.
 
-    objects: `objects` (M, 6) float = [image index, x0, y0, x1, y1 (absolute xyxy), class index];
+    objects: `objects` (M, 7) float = [image index, x0, y0, x1, y1 (absolute xyxy), class index,
+    the image's short side];
     images: uint8 (3, H, W) tensors; labels index `category_ids` (sorted COCO ids).
     """
 
@@ -104,6 +108,7 @@ class ClassificationSet:
         self.category_ids = category_ids or sorted(int(c["id"]) for c in data["categories"])
         index_of = {cid: i for i, cid in enumerate(self.category_ids)}
         image_index = {img["id"]: i for i, img in enumerate(data["images"])}
+        short = [min(img["width"], img["height"]) for img in data["images"]]
         self.images = [torch.from_numpy(_pixels(root / f"{split}2017" / img["file_name"]))
                        for img in data["images"]]                                       # (3, H, W) uint8 each
         self.labels = torch.zeros(len(self.images), len(self.category_ids))             # (I, N) multi-hot
@@ -114,30 +119,35 @@ class ClassificationSet:
                 continue
             i = image_index[ann["image_id"]]
             self.labels[i, index_of[ann["category_id"]]] = 1.0
-            rows.append([i, x, y, x + w, y + h, index_of[ann["category_id"]]])
-        self.objects = torch.tensor(rows, dtype=torch.float32).reshape(-1, 6)          # (M, 6)
+            rows.append([i, x, y, x + w, y + h, index_of[ann["category_id"]], short[i]])
+        self.objects = torch.tensor(rows, dtype=torch.float32).reshape(-1, 7)          # (M, 7)
         if split == "train" and len(self.objects) == 0:
             raise DatasetError(f"{ann_file}: no usable box annotations, so there is nothing to pretrain "
                                "the backbone on. Use --pretrained_backbone '' (random init) or a path.")
 
-    def object_batch(self, indices: Tensor, crop: int, generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
+    def object_batch(self, indices: Tensor, crop: int, short_side: int,
+                     generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
         """Crops around objects `indices` (B,) -> images (B, 3, crop, crop) normalised, labels (B,).
 
-        With a generator (training): the object fills 40-80 % of the crop side, its centre moves by
-        up to 15 % of the crop, and half the crops are flipped. Without: centred, 60 %, no flip.
-        Outside the image the crop is black (zero before normalisation)."""
-        rows = self.objects[indices]                                                     # (B, 6)
+        A crop is `crop` pixels of the image resized to `short_side` (DETR's resize rule), so the
+        object keeps the size DETR will see, unless it would not fit: then the crop widens until
+        the object fills 90 % of it. With a generator (training): the scale varies by x0.7-1.4,
+        the object sits anywhere inside the crop, and half the crops are flipped. Without: centred,
+        no jitter, no flip. Outside the image the crop is black (zero before normalisation)."""
+        rows = self.objects[indices]                                                     # (B, 7)
         x0, y0, x1, y1 = rows[:, 1:5].unbind(1)
         n = len(rows)
+        scale = short_side / rows[:, 6]                                                  # (B,) DETR's resize
         if generator is None:
-            fill, shift, flip = torch.full((n,), 0.6), torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool)
+            shift, flip = torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool)
         else:
-            fill = 0.4 + 0.4 * torch.rand(n, generator=generator)
-            shift = (torch.rand(n, 2, generator=generator) - 0.5) * 0.3
+            scale = scale * torch.exp((torch.rand(n, generator=generator) - 0.5) * 2 * math.log(1.4))
+            shift = torch.rand(n, 2, generator=generator) - 0.5                          # (B, 2) in [-0.5, 0.5)
             flip = torch.rand(n, generator=generator) < 0.5
-        side = torch.maximum(x1 - x0, y1 - y0) / fill                                    # (B,) crop side, px
-        cx = (x0 + x1) / 2 + shift[:, 0] * side
-        cy = (y0 + y1) / 2 + shift[:, 1] * side
+        extent = torch.stack([x1 - x0, y1 - y0], 1)                                      # (B, 2) object w, h
+        side = torch.maximum(crop / scale, extent.max(1).values / 0.9)                   # (B,) crop side, px
+        centre = (rows[:, 1:3] + rows[:, 3:5]) / 2 + shift * (side[:, None] - extent)     # object stays inside
+        cx, cy = centre.unbind(1)
         windows = torch.stack([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], 1)  # (B, 4) xyxy
         crops = torch.cat([roi_align(self.images[int(i)][None].float(), [w[None]], crop, aligned=True)
                            for i, w in zip(rows[:, 0].tolist(), windows)])               # (B, 3, crop, crop)
@@ -189,7 +199,7 @@ def _lr_factor(step: int, cfg: PretrainConfig) -> float:
 def _batch(data: ClassificationSet, indices: Tensor, cfg: PretrainConfig,
            generator: Optional[torch.Generator]) -> tuple[Tensor, Tensor]:
     if cfg.task == "objects":
-        return data.object_batch(indices, cfg.crop_size, generator)
+        return data.object_batch(indices, cfg.crop_size, cfg.short_side, generator)
     return data.image_batch(indices, cfg.image_size, generator)
 
 
@@ -223,8 +233,8 @@ def accuracy(model: BackboneClassifier, data: ClassificationSet, cfg: PretrainCo
 def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) -> dict:
     """Train a BackboneClassifier on `coco_path`'s train split; return the checkpoint dict.
 
-    The dict: `model` (the backbone body's state_dict, torchvision key names), `args` (the config,
-    architecture included), `categories` (the class order of the head), `history` (per-step loss and
+    The dict: `model` (the backbone body's state_dict, torchvision key names), `head` (the
+    classifier's, unused by DETR), `args` (the config, architecture included), `categories` (the class order of the head), `history` (per-step loss and
     train accuracy every 25 steps) and `val_accuracy` (on the val split, when it has objects).
     """
     if cfg.task not in TASKS:
@@ -259,8 +269,22 @@ def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) ->
         val = ClassificationSet(coco_path, "val", train.category_ids)
         if len(val.objects):
             val_accuracy = accuracy(model, val, cfg)
-    return {"model": model.backbone.body.state_dict(), "args": dataclasses.asdict(cfg),
+    return {"model": model.backbone.body.state_dict(), "head": model.fc.state_dict(), "args": dataclasses.asdict(cfg),
             "categories": train.category_ids, "history": history, "val_accuracy": val_accuracy}
+
+
+def load_classifier(path: PathLike) -> tuple[BackboneClassifier, dict]:
+    """The pretraining classifier (backbone + head) back from a file `pretrain` wrote, in eval mode,
+    and the whole checkpoint dict (args, categories, history, val_accuracy)."""
+    ckpt = load_checkpoint(path)
+    if "head" not in ckpt or "args" not in ckpt:
+        raise CheckpointError(f"{path} holds backbone weights only, not a detr_full.pretrain classifier "
+                              "(no 'head' or 'args' entry).")
+    args = ckpt["args"]
+    model = BackboneClassifier(args["backbone"], args["stride"], len(ckpt["categories"]))
+    model.backbone.body.load_state_dict(ckpt["model"])
+    model.fc.load_state_dict(ckpt["head"])
+    return model.eval(), ckpt
 
 
 # ----------------------------------------------------------------------------- cache
@@ -310,9 +334,10 @@ PRETRAIN = "pretrain"  # the pretrained_backbone value that asks for ensure_pret
 
 def pretrained_backbone_path(cfg: TrainConfig, coco_path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:
     """What `pretrained_backbone="pretrain"` means for a training config: the cached weights for its
-    backbone, stride, pretrain_task, pretrain_steps and seed on `coco_path`, made first if needed."""
+    backbone, stride, pretrain_task, pretrain_steps, val_size (the crops' scale) and seed on
+    `coco_path`, made first if needed."""
     pcfg = PretrainConfig(backbone=cfg.backbone, stride=cfg.backbone_stride, task=cfg.pretrain_task,
-                          steps=cfg.pretrain_steps, seed=cfg.seed)
+                          steps=cfg.pretrain_steps, short_side=cfg.val_size, seed=cfg.seed)
     return ensure_pretrained(coco_path, pcfg, cache_dir)
 
 

@@ -49,13 +49,16 @@ def unnormalise(images):
 def test_object_crop_is_centred_on_its_object(squares):
     data = ClassificationSet(squares, "train")
     assert data.category_ids == [3, 7]
-    torch.testing.assert_close(data.objects[0], torch.tensor([0.0, 20, 10, 30, 20, 1]))   # xyxy, class index 1
-    images, labels = data.object_batch(torch.tensor([0]), crop=20, generator=None)
+    torch.testing.assert_close(data.objects[0], torch.tensor([0.0, 20, 10, 30, 20, 1, 30]))  # xyxy, class 1, short side
+    images, labels = data.object_batch(torch.tensor([0]), crop=20, short_side=30, generator=None)
     assert images.shape == (1, 3, 20, 20) and labels.tolist() == [1]
-    crop = unnormalise(images[0])[0]                           # (20, 20): the object fills 60 % of the side
-    assert crop[10, 10] > 250                                  # white at the centre
-    assert crop[1, 1] < 5 and crop[18, 18] < 5                 # black in the context around it
-    assert crop[4:16, 4:16].mean() > 0.8 * 255                 # the 12 x 12 centre is the square
+    crop = unnormalise(images[0])[0]                           # (20, 20) at scale 1: pixels (15..35, 5..25)
+    assert crop[6:14, 6:14].min() > 250                        # the square's inside, at the centre
+    assert crop[1, 1] < 5 and crop[18, 18] < 5                 # black around it
+    half = unnormalise(data.object_batch(torch.tensor([0]), crop=20, short_side=15, generator=None)[0][0])[0]
+    assert half[8:12, 8:12].min() > 250 and half[5, 5] < 5     # half the scale: a 5-px square in 40 px of image
+    big = unnormalise(data.object_batch(torch.tensor([0]), crop=20, short_side=300, generator=None)[0][0])[0]
+    assert big[2:18, 2:18].min() > 250                         # 10x: would not fit; widened so it fills 90 %
 
 
 def test_image_batch_has_multi_hot_labels_and_keeps_the_aspect(squares):
@@ -87,7 +90,7 @@ def test_loss_falls_on_a_fixed_batch(shapes, task):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.3 * losses[0]
 
 
@@ -130,7 +133,8 @@ def test_train_config_maps_onto_the_pretrain_config(shapes, tmp_path, monkeypatc
     monkeypatch.setattr(pretrain_module, "ensure_pretrained", lambda root, cfg, cache_dir: seen.setdefault("cfg", cfg))
     cfg = TrainConfig(backbone="resnet34", backbone_stride=8, pretrain_task="multilabel", pretrain_steps=7, seed=3)
     pretrained_backbone_path(cfg, shapes, tmp_path)
-    assert seen["cfg"] == PretrainConfig(backbone="resnet34", stride=8, task="multilabel", steps=7, seed=3)
+    assert seen["cfg"] == PretrainConfig(backbone="resnet34", stride=8, task="multilabel", steps=7, short_side=800,
+                                         seed=3)
 
 
 def test_weights_for_another_architecture_name_the_file_and_the_keys(tmp_path):
@@ -152,3 +156,17 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 def test_unknown_task_is_rejected(shapes):
     with pytest.raises(ValueError, match="task must be one of"):
         pretrain(shapes, PretrainConfig(task="segmentation"), progress=False)
+
+
+def test_the_classifier_comes_back_whole(shapes, tmp_path):
+    path = ensure_pretrained(shapes, FAST, cache_dir=tmp_path, progress=False)
+    model, ckpt = pretrain_module.load_classifier(path)
+    data = ClassificationSet(shapes, "val", ckpt["categories"])
+    images, _ = data.object_batch(torch.arange(2), FAST.crop_size, FAST.short_side, None)
+    reference = BackboneClassifier("resnet18", 16, 5).eval()
+    reference.backbone.body.load_state_dict(ckpt["model"])
+    reference.fc.load_state_dict(ckpt["head"])
+    torch.testing.assert_close(model(images), reference(images))
+    save_checkpoint({"model": ckpt["model"]}, tmp_path / "body_only.pth")
+    with pytest.raises(CheckpointError, match="backbone weights only"):
+        pretrain_module.load_classifier(tmp_path / "body_only.pth")
