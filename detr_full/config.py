@@ -41,6 +41,7 @@ class DETRConfig:
     aux_loss: bool = True               # decoding losses after every decoder layer (paper section 3.1)
     # Convergence fixes of DETR's successors, off by default (official DETR)
     num_query_groups: int = 1           # Group DETR: K groups of queries matched one-to-one each, in training
+    spatial_prior: bool = False         # a learned box per query, a Gaussian cross-attention prior around it
     # Hungarian matcher weights (official main.py: 1, 5, 2)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0

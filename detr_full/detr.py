@@ -23,6 +23,7 @@ from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
 from detr_full.position_encoding import build_position_encoding
 from detr_full.postprocess import PostProcess
+from detr_full.spatial_prior import SpatialPrior, inverse_sigmoid
 from detr_full.transformer import Transformer
 
 
@@ -42,7 +43,7 @@ class MLP(nn.Module):
 
 class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
-                 num_queries: int, aux_loss: bool = False, num_query_groups: int = 1):
+                 num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False):
         super().__init__()
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
@@ -53,6 +54,8 @@ class DETR(nn.Module):
         self.query_embed = nn.Embedding(num_queries * num_query_groups, d)  # the object queries
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = backbone
+        # a reference box per query and a Gaussian cross-attention prior around it (spatial_prior.py)
+        self.spatial_prior = SpatialPrior(num_queries * num_query_groups) if spatial_prior else None
 
     def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None) -> dict:
         """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding).
@@ -71,9 +74,17 @@ class DETR(nn.Module):
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
         if self.num_query_groups > 1:
             queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
-        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed)[0]  # (layers, B, Q, D)
+        memory_bias = reference = None
+        if self.spatial_prior is not None:
+            reference = self.spatial_prior.boxes(len(queries))          # (Q, 4) cxcywh
+            memory_bias = self.spatial_prior.attention_bias(reference, mask)  # (B, Q, L)
+        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed,
+                              memory_bias)[0]                           # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
-        boxes = self.bbox_embed(hs).sigmoid()                           # (layers, B, Q, 4)
+        box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
+        if reference is not None:                                       # boxes relative to the reference
+            box_logits = box_logits + inverse_sigmoid(reference)
+        boxes = box_logits.sigmoid()                                    # (layers, B, Q, 4)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
@@ -98,7 +109,7 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm)
     model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
-                 num_query_groups=cfg.num_query_groups)
+                 num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior)
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
     if cfg.num_query_groups > 1:
         criterion = GroupSetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef,

@@ -43,9 +43,10 @@ class MultiheadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
-                allowed: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+                allowed: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """query (B, Lq, D), key and value (B, Lk, D), key_padding_mask (B, Lk) True on padding;
-        allowed (Lq, Lk) bool, True where a query may attend to a key (None: everywhere)."""
+        allowed (Lq, Lk) bool, True where a query may attend to a key (None: everywhere);
+        bias (B, Lq, Lk) float, added to every head's attention logits (None: nothing)."""
         d, heads = self.embed_dim, self.num_heads
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:  # self-attention: q and k share their input, one matmul for both
@@ -61,12 +62,17 @@ class MultiheadAttention(nn.Module):
         attend = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
         if allowed is not None:
             attend = allowed if attend is None else attend & allowed                 # (B, 1, Lq, Lk) or (Lq, Lk)
+        if bias is not None:  # SDPA adds a float mask to the logits; -inf where attention is not allowed
+            bias = bias[:, None].to(q.dtype)                                         # (B, 1, Lq, Lk)
+            attend = bias if attend is None else bias.masked_fill(~attend, float("-inf"))
         dropout = self.dropout if self.training else 0.0
         weights = None
         if self.return_weights:
             scores = (q * (d // heads) ** -0.5) @ k.transpose(-2, -1)       # (B, H, Lq, Lk)
-            if attend is not None:
+            if attend is not None and attend.dtype == torch.bool:
                 scores = scores.masked_fill(~attend, float("-inf"))
+            elif attend is not None:
+                scores = scores + attend
             attn = scores.softmax(-1)
             weights = attn.mean(1)                                          # (B, Lq, Lk)
             out = F.dropout(attn, dropout, self.training) @ v
@@ -123,21 +129,22 @@ class TransformerDecoderLayer(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_with_pos: Tensor,
                 memory_padding_mask: Optional[Tensor], query_pos: Tensor,
-                query_allowed: Optional[Tensor] = None) -> Tensor:
+                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None) -> Tensor:
         """tgt, query_pos (B, Q, D); memory, memory_with_pos (B, L, D); mask (B, L) -> (B, Q, D).
-        query_allowed (Q, Q): which queries each query may attend to (None: all, as in DETR)."""
+        query_allowed (Q, Q): which queries each query may attend to (None: all, as in DETR);
+        memory_bias (B, Q, L): added to the cross-attention logits (None: nothing, as in DETR)."""
         if self.normalize_before:
             x = self.norm1(tgt)
             q = k = x + query_pos
             tgt = tgt + self.dropout1(self.self_attn(q, k, x, allowed=query_allowed)[0])
             x = self.norm2(tgt)
             tgt = tgt + self.dropout2(self.multihead_attn(x + query_pos, memory_with_pos, memory,
-                                                          memory_padding_mask)[0])
+                                                          memory_padding_mask, bias=memory_bias)[0])
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = tgt + query_pos
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, allowed=query_allowed)[0]))
         tgt = self.norm2(tgt + self.dropout2(self.multihead_attn(tgt + query_pos, memory_with_pos, memory,
-                                                                 memory_padding_mask)[0]))
+                                                                 memory_padding_mask, bias=memory_bias)[0]))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 
 
@@ -160,12 +167,13 @@ class TransformerDecoder(nn.Module):
         self.norm = norm  # shared by every layer's readout, which feeds the auxiliary losses
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
-                query_pos: Tensor, query_allowed: Optional[Tensor] = None) -> Tensor:
+                query_pos: Tensor, query_allowed: Optional[Tensor] = None,
+                memory_bias: Optional[Tensor] = None) -> Tensor:
         """-> (num_layers, B, Q, D): the normalised output of every layer."""
         memory_with_pos = memory + pos
         outputs = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos, query_allowed)
+            tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos, query_allowed, memory_bias)
             outputs.append(self.norm(tgt))
         return torch.stack(outputs)
 
@@ -186,9 +194,11 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
-                query_allowed: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w);
-        query_allowed (Q, Q) bool or None: the decoder self-attention mask (a hook for query groups).
+                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
+        Hooks for DETR's successors, None in DETR: query_allowed (Q, Q) bool, the decoder
+        self-attention mask (query groups); memory_bias (B, Q, h*w), added to the decoder
+        cross-attention logits (a spatial prior).
         Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
@@ -197,5 +207,5 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(b, -1, -1)                    # (B, Q, D)
         tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros; queries enter as positions
         memory = self.encoder(src, mask, pos)                              # (B, L, D)
-        hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed)  # (layers, B, Q, D)
+        hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias)  # (layers, B, Q, D)
         return hs, memory.transpose(1, 2).reshape(b, d, h, w)

@@ -1,0 +1,76 @@
+"""A Gaussian spatial prior on the decoder's cross-attention, around a learned box per query.
+
+Why DETR is slow to start: a decoder query finds its object only through attention, and at
+initialisation that attention is spread over the whole image, so a query's output is the average
+of everything and it cannot tell one object from another. SMCA (Gao et al. 2021, "Fast
+Convergence of DETR with Spatially Modulated Co-Attention", arXiv 2101.07448) adds a Gaussian
+map around a predicted box to the cross-attention logits, which makes every query look at one
+region from the first step; it reports DETR's 500-epoch accuracy in 50 epochs. Anchor-based
+successors (Conditional DETR, DAB-DETR) get the same locality through positional queries.
+
+This is the simplest form of the idea, ours: each query owns a learned reference box (cx, cy, w,
+h), initialised on a grid over the image, and
+- the cross-attention logits of every decoder layer get log G = -((x - cx)^2 / (w/2)^2 +
+  (y - cy)^2 / (h/2)^2) / 2 for the token at (x, y) (its centre, normalised to the image's valid,
+  unpadded region), the same for every head;
+- the box head predicts relative to the reference: box = sigmoid(bbox_embed(hs) + logit(ref)).
+SMCA predicts the centre and scale from each query's content, per layer and per head; here they
+are per-query parameters shared by the layers, so the prior is a learned "where to look" only.
+Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference boxes add one
+`spatial_prior.reference.weight` (Q, 4) tensor to the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+def grid_boxes(num_queries: int, size: float = 0.3) -> Tensor:
+    """(Q, 4) cxcywh: the centres of a near-square grid over [0, 1]^2, every box size x size."""
+    cols = math.ceil(math.sqrt(num_queries))
+    rows = math.ceil(num_queries / cols)
+    i = torch.arange(num_queries)
+    cx = (i % cols + 0.5) / cols
+    cy = (i // cols + 0.5) / rows
+    return torch.stack([cx, cy, torch.full_like(cx, size), torch.full_like(cx, size)], 1)
+
+
+def token_centres(mask: Tensor) -> Tensor:
+    """mask (B, h, w) True on padding -> (B, h*w, 2) token centres (x, y), normalised by each
+    image's valid (unpadded) width and height; padded tokens get values > 1."""
+    valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).float()                     # (B,)
+    valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).float()
+    h, w = mask.shape[1:]
+    y = (torch.arange(h, device=mask.device) + 0.5)[None, :] / valid_h[:, None]  # (B, h)
+    x = (torch.arange(w, device=mask.device) + 0.5)[None, :] / valid_w[:, None]  # (B, w)
+    return torch.stack([x[:, None, :].expand(-1, h, -1), y[:, :, None].expand(-1, -1, w)], -1).flatten(1, 2)
+
+
+class SpatialPrior(nn.Module):
+    """Learned reference boxes (Q, 4) and the Gaussian cross-attention bias they give."""
+
+    def __init__(self, num_queries: int):
+        super().__init__()
+        self.reference = nn.Embedding(num_queries, 4)               # logits of (cx, cy, w, h)
+        with torch.no_grad():
+            self.reference.weight.copy_(inverse_sigmoid(grid_boxes(num_queries)))
+
+    def boxes(self, num_queries: int) -> Tensor:
+        """The first `num_queries` reference boxes, (Q, 4) cxcywh in [0, 1]."""
+        return self.reference.weight[:num_queries].sigmoid()
+
+    @staticmethod
+    def attention_bias(reference: Tensor, mask: Tensor) -> Tensor:
+        """reference (Q, 4) cxcywh; mask (B, h, w) -> (B, Q, h*w) log-Gaussian logit bias."""
+        xy = token_centres(mask)                                                 # (B, L, 2)
+        centre, half_size = reference[:, :2], reference[:, 2:] / 2                # (Q, 2), (Q, 2)
+        z = (xy[:, None, :, :] - centre[None, :, None, :]) / half_size[None, :, None, :]  # (B, Q, L, 2)
+        return -0.5 * (z ** 2).sum(-1)                                           # (B, Q, L)
