@@ -74,16 +74,15 @@ class DETR(nn.Module):
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
         if self.num_query_groups > 1:
             queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
-        memory_bias = reference = None
+        prior = None
         if self.spatial_prior is not None:
-            reference = self.spatial_prior.boxes(len(queries))          # (Q, 4) cxcywh
-            memory_bias = self.spatial_prior.attention_bias(reference, mask)  # (B, Q, L)
+            prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask)
         hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed,
-                              memory_bias)[0]                           # (layers, B, Q, D)
+                              *(prior.hooks() if prior else ()))[0]     # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
-        if reference is not None:                                       # boxes relative to the reference
-            box_logits = box_logits + inverse_sigmoid(reference)
+        if prior is not None:                                           # boxes relative to each layer's reference
+            box_logits = box_logits + inverse_sigmoid(prior.stacked_references())
         boxes = box_logits.sigmoid()                                    # (layers, B, Q, 4)
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:

@@ -8,14 +8,16 @@ map around a predicted box to the cross-attention logits, which makes every quer
 region from the first step; it reports DETR's 500-epoch accuracy in 50 epochs. Anchor-based
 successors (Conditional DETR, DAB-DETR) get the same locality through positional queries.
 
-This is the simplest form of the idea, ours: each query owns a learned reference box (cx, cy, w,
-h), initialised on a grid over the image, and
-- the cross-attention logits of every decoder layer get log G = -((x - cx)^2 / (w/2)^2 +
+Our version, a simple form of the idea: each query owns a learned reference box (cx, cy, w, h),
+initialised on a grid over the image, and
+- the first decoder layer's cross-attention logits get log G = -((x - cx)^2 / (w/2)^2 +
   (y - cy)^2 / (h/2)^2) / 2 for the token at (x, y) (its centre, normalised to the image's valid,
   unpadded region), the same for every head;
-- the box head predicts relative to the reference: box = sigmoid(bbox_embed(hs) + logit(ref)).
-SMCA predicts the centre and scale from each query's content, per layer and per head; here they
-are per-query parameters shared by the layers, so the prior is a learned "where to look" only.
+- each layer predicts its box relative to its reference: box = sigmoid(bbox_embed(hs) + logit(ref)),
+  and that box (detached) is the next layer's reference: the prior is refined layer by layer, as
+  DAB-DETR refines its anchor boxes.
+SMCA predicts the centre and scale from each query's content and per head; here layer 0's are
+per-query parameters, a learned "where to look first".
 Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference boxes add one
 `spatial_prior.reference.weight` (Q, 4) tensor to the state dict.
 """
@@ -23,9 +25,13 @@ Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+
+MIN_SIZE = 0.02  # the Gaussian never narrows below ~1/50 of the image (a predicted box can shrink to 0)
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -69,8 +75,38 @@ class SpatialPrior(nn.Module):
 
     @staticmethod
     def attention_bias(reference: Tensor, mask: Tensor) -> Tensor:
-        """reference (Q, 4) cxcywh; mask (B, h, w) -> (B, Q, h*w) log-Gaussian logit bias."""
+        """reference (Q, 4) or (B, Q, 4) cxcywh; mask (B, h, w) -> (B, Q, h*w) log-Gaussian logit bias."""
         xy = token_centres(mask)                                                 # (B, L, 2)
-        centre, half_size = reference[:, :2], reference[:, 2:] / 2                # (Q, 2), (Q, 2)
-        z = (xy[:, None, :, :] - centre[None, :, None, :]) / half_size[None, :, None, :]  # (B, Q, L, 2)
+        reference = reference.expand(len(xy), -1, -1) if reference.dim() == 2 else reference  # (B, Q, 4)
+        centre = reference[:, :, None, :2]                                       # (B, Q, 1, 2)
+        half_size = reference[:, :, None, 2:].clamp(min=MIN_SIZE) / 2            # (B, Q, 1, 2)
+        z = (xy[:, None, :, :] - centre) / half_size                             # (B, Q, L, 2)
         return -0.5 * (z ** 2).sum(-1)                                           # (B, Q, L)
+
+    def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor) -> "RefinedPrior":
+        """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w)."""
+        return RefinedPrior(self.boxes(num_queries), bbox_embed, mask)
+
+
+class RefinedPrior:
+    """One forward pass's reference boxes, refined layer by layer: layer 0 looks around the learned
+    boxes, layer l + 1 around the boxes layer l predicts (detached, as DAB-DETR and Deformable
+    DETR's iterative refinement do, so each layer's box loss trains that layer's offsets only)."""
+
+    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor):
+        self.bbox_embed, self.mask = bbox_embed, mask
+        self.references = [reference.expand(len(mask), -1, -1)]                 # [(B, Q, 4)] per layer
+
+    def hooks(self) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+        """(memory_bias, next_memory_bias) for `Transformer.forward`."""
+        return SpatialPrior.attention_bias(self.references[0], self.mask), self._next_bias
+
+    def _next_bias(self, layer_output: Tensor) -> Tensor:
+        """layer_output (B, Q, D), normalised -> the next layer's bias around this layer's boxes."""
+        boxes = (self.bbox_embed(layer_output) + inverse_sigmoid(self.references[-1])).sigmoid()
+        self.references.append(boxes.detach())
+        return SpatialPrior.attention_bias(self.references[-1], self.mask)
+
+    def stacked_references(self) -> Tensor:
+        """(layers, B, Q, 4): the reference each decoder layer predicted its boxes from."""
+        return torch.stack(self.references)

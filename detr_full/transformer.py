@@ -15,7 +15,7 @@ Parameter names are the official ones, so official checkpoints load unchanged.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -168,13 +168,17 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
                 query_pos: Tensor, query_allowed: Optional[Tensor] = None,
-                memory_bias: Optional[Tensor] = None) -> Tensor:
-        """-> (num_layers, B, Q, D): the normalised output of every layer."""
+                memory_bias: Optional[Tensor] = None,
+                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+        """-> (num_layers, B, Q, D): the normalised output of every layer. `next_memory_bias`, when
+        given, maps a layer's normalised output to the memory_bias of the next layer."""
         memory_with_pos = memory + pos
         outputs = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos, query_allowed, memory_bias)
             outputs.append(self.norm(tgt))
+            if next_memory_bias is not None and i + 1 < len(self.layers):
+                memory_bias = next_memory_bias(outputs[-1])
         return torch.stack(outputs)
 
 
@@ -194,11 +198,13 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
-                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
+                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
         """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
         Hooks for DETR's successors, None in DETR: query_allowed (Q, Q) bool, the decoder
-        self-attention mask (query groups); memory_bias (B, Q, h*w), added to the decoder
-        cross-attention logits (a spatial prior).
+        self-attention mask (query groups); memory_bias (B, Q, h*w), added to the first decoder
+        layer's cross-attention logits, and next_memory_bias, which makes the next layer's from a
+        layer's output (a spatial prior refined layer by layer).
         Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
@@ -207,5 +213,6 @@ class Transformer(nn.Module):
         query_pos = query_embed[None].expand(b, -1, -1)                    # (B, Q, D)
         tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros; queries enter as positions
         memory = self.encoder(src, mask, pos)                              # (B, L, D)
-        hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias)  # (layers, B, Q, D)
+        hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias,
+                          next_memory_bias)                                # (layers, B, Q, D)
         return hs, memory.transpose(1, 2).reshape(b, d, h, w)

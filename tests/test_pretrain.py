@@ -170,3 +170,15 @@ def test_the_classifier_comes_back_whole(shapes, tmp_path):
     save_checkpoint({"model": ckpt["model"]}, tmp_path / "body_only.pth")
     with pytest.raises(CheckpointError, match="backbone weights only"):
         pretrain_module.load_classifier(tmp_path / "body_only.pth")
+
+
+def test_cli_writes_weights_and_reports_bad_input(shapes, tmp_path, capsys):
+    out = tmp_path / "w.pth"
+    assert pretrain_module.main(["--coco_path", str(shapes), "--out", str(out), "--steps", "2", "--batch_size", "2",
+                                 "--warmup_steps", "1", "--crop_size", "32"]) == 0
+    assert "--pretrained_backbone " + str(out) in capsys.readouterr().out
+    Backbone("resnet18", pretrained=str(out), stride=16)
+    assert pretrain_module.main(["--coco_path", str(tmp_path / "nowhere")]) == 2
+    assert "instances_train2017.json does not exist" in capsys.readouterr().err
+    assert pretrain_module.main(["--coco_path", str(shapes), "--task", "segmentation"]) == 2
+    assert "task must be one of" in capsys.readouterr().err

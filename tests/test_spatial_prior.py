@@ -66,3 +66,16 @@ def test_state_dict_adds_only_the_reference_boxes():
     plain = build_detr(dataclasses.replace(TINY, spatial_prior=False))[0].state_dict()
     assert [k for k in prior if k not in plain] == ["spatial_prior.reference.weight"]
     assert prior["spatial_prior.reference.weight"].shape == (4, 4)
+
+
+def test_each_layer_starts_from_the_previous_layers_box():
+    model = build_detr(TINY)[0].eval()                               # 2 decoder layers
+    last = model.bbox_embed.layers[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([1.0, 0.0, 0.0, -1.0]))         # every layer: cx logit +1, h logit -1
+    out = model(torch.randn(1, 3, 64, 64))
+    layer0 = out["aux_outputs"][0]["pred_boxes"][0]                  # (Q, 4)
+    shift = torch.tensor([1.0, 0.0, 0.0, -1.0])
+    torch.testing.assert_close(layer0, (inverse_sigmoid(grid_boxes(4)) + shift).sigmoid())
+    torch.testing.assert_close(out["pred_boxes"][0], (inverse_sigmoid(layer0) + shift).sigmoid())
