@@ -263,7 +263,7 @@ def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) ->
             history.append({"step": step + 1, "loss": sum(w[0] for w in window) / len(window),
                             "train_accuracy": sum(w[1] for w in window) / len(window)})
             window.clear()
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.2f}")
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", acc=f"{history[-1]['train_accuracy']:.2f}", refresh=False)
     val_accuracy = None
     if (Path(coco_path) / "annotations" / "instances_val2017.json").is_file():
         val = ClassificationSet(coco_path, "val", train.category_ids)

@@ -1,6 +1,7 @@
 """detr_full.data.shapes: determinism, COCO layout, category ids, size spread, ensure_shapes reuse."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -113,6 +114,15 @@ def test_ensure_shapes_generates_once_then_reuses(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="other settings"):
         ensure_shapes(root, num_train=5)
     assert [p.name for p in tmp_path.joinpath("data").iterdir()] == ["shapes"]   # no temp folder left
+
+
+def test_a_dataset_from_other_object_sizes_is_reported_not_reused_silently(tmp_path):
+    root = ensure_shapes(tmp_path / "shapes", num_train=2, num_val=1, min_size=12.0)
+    with pytest.warns(UserWarning, match="min_size"):
+        ensure_shapes(root)                                  # the default sizes differ from the stored ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ensure_shapes(root, min_size=12.0) == root    # asked for what is there: no warning
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
