@@ -311,9 +311,11 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     categories = category_names(reference_set)
     coco_gt = coco_api(dataset_val)
     if cfg.pretrained_backbone == PRETRAIN:
-        # Rank 0 pretrains (or finds the cache) while the others wait; a resumed run takes every weight
-        # from its checkpoint, so there is nothing to pretrain.
-        path = "" if cfg.resume else (str(pretrained_backbone_path(cfg, coco_path)) if main_process else None)
+        # Rank 0 pretrains (or finds the cache) while the others wait; a resumed or fine-tuned run takes
+        # its backbone from its checkpoint, so there is nothing to pretrain.
+        weights_come_from_checkpoint = bool(cfg.resume or cfg.finetune_from)
+        path = "" if weights_come_from_checkpoint else (
+            str(pretrained_backbone_path(cfg, coco_path)) if main_process else None)
         cfg = dataclasses.replace(cfg, pretrained_backbone=all_gather_object(path)[0])
 
     model, criterion, postprocess = build_detr(model_config(cfg))

@@ -182,3 +182,21 @@ def test_recipe_sets_defaults_that_flags_still_override():
     assert cfg == shapes_cpu_recipe(epochs=3, pre_norm=False)
     cfg, _ = parse_args(["--pre_norm", "--no_aux_loss", "--dilation"])  # the official store_true flags
     assert cfg.pre_norm and cfg.dilation and not cfg.aux_loss and cfg.lr == 1e-4
+
+
+def test_pretrained_backbone_pretrain_makes_and_loads_the_weights(shapes, tmp_path, monkeypatch, capsys):
+    from detr_full import pretrain
+    monkeypatch.setattr(pretrain, "DEFAULT_CACHE", tmp_path / "cache")
+    settings = dict(TINY, coco_path=str(shapes), pretrained_backbone="pretrain", pretrain_steps=2,
+                    output_dir=str(tmp_path / "run"))                 # lr_backbone 0: the backbone stays as loaded
+    main(TrainConfig(**settings))
+    assert "Pretraining the resnet18 backbone" in capsys.readouterr().out
+    (weights_file,) = (tmp_path / "cache").iterdir()
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert ckpt["args"]["pretrained_backbone"] == str(weights_file)   # the run records which file it used
+    weights = torch.load(weights_file, weights_only=True)["model"]
+    assert torch.equal(ckpt["model"]["backbone.0.body.layer4.1.conv2.weight"], weights["layer4.1.conv2.weight"])
+    # resumed (or fine-tuned) runs take the backbone from their checkpoint: nothing is pretrained again
+    monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("must not pretrain"))
+    weights_file.unlink()
+    main(TrainConfig(**{**settings, "epochs": 2, "resume": str(tmp_path / "run" / "checkpoint.pth")}))
