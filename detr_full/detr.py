@@ -6,6 +6,8 @@ L = h*w, K = num_classes + 1 (the last logit is "no object").
 Differences from the official `models/detr.py`: no NestedTensor (`forward(images, padding_mask)`),
 the criterion and post-processing live in their own files, and `build_detr` takes a `DETRConfig`
 instead of the argparse namespace. Parameter names are the official ones.
+Two opt-in hooks for DETR's successors, off by default (then the model is the official one):
+`num_query_groups` (Group DETR, group_detr.py) and `spatial_prior` (spatial_prior.py).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ training annotations; a cache file that does not load is rebuilt, never used. De
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -170,9 +172,7 @@ class ClassificationSet:
         return _normalise(batch), self.labels[indices]
 
 
-def _pixels(path: Path):
-    import numpy as np
-
+def _pixels(path: Path) -> np.ndarray:
     try:
         return np.ascontiguousarray(np.asarray(load_rgb(path)).transpose(2, 0, 1))       # (3, H, W) uint8
     except (FileNotFoundError, OSError, ValueError) as e:
@@ -342,8 +342,6 @@ def pretrained_backbone_path(cfg: TrainConfig, coco_path: PathLike, cache_dir: O
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m detr_full.pretrain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--coco_path", default=None, help="COCO-layout folder (default: data/shapes, made if missing)")
     parser.add_argument("--out", default="", help="write the weights here (default: the cache in data/pretrained)")
