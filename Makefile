@@ -29,8 +29,8 @@ test-notebooks: $(VENV)/.installed
 	$(PY) -m papermill notebooks/09_full_coco_training.ipynb outputs/09_papermill_check.ipynb -k python3 \
 		--cwd notebooks -p epochs 1 -p batch_size 4 -p output_dir outputs/09_papermill_check
 
-# DETR from random init on the synthetic shapes set, sized for 2 CPU cores (detr_full.config.
-# shapes_cpu_recipe; the same as `python -m detr_full.train --recipe shapes_cpu`), or the paper's
+# DETR on the synthetic shapes set, backbone pretraining included, sized for 2 CPU cores (detr_full.
+# config.shapes_cpu_recipe; the same as `python -m detr_full.train --recipe shapes_cpu`), or the paper's
 # recipe on COCO. Writes outputs/09_full_coco_training.ipynb (executed) and the checkpoint, log and
 # plots under outputs/shapes (or outputs/coco); run again, it resumes an interrupted run.
 COCO ?=
