@@ -54,7 +54,7 @@ from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
-from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
+from detr_full.pretrain import PRETRAIN, TASKS, pretrained_backbone_path
 from detr_full.viz import plot_logs
 
 
@@ -180,6 +180,10 @@ def check_supported(cfg: TrainConfig) -> None:
     if problems:
         raise ConfigError(f"{' and '.join(problems)}: not supported in detr-course, which trains box "
                           "detection only. Remove the flag(s); any COCO-format dataset works with --coco_path.")
+    if cfg.num_query_groups < 1:
+        raise ConfigError(f"--num_query_groups must be >= 1 (1 = plain DETR); got {cfg.num_query_groups}.")
+    if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:
+        raise ConfigError(f"--pretrain_task must be one of {', '.join(TASKS)}; got {cfg.pretrain_task!r}.")
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:
         raise ConfigError(f"need --batch_size >= 1, --epochs >= 0, --lr_drop >= 1 and --warmup_steps >= 0; "
                           f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}.")

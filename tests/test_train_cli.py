@@ -164,6 +164,10 @@ def test_bad_input_exits_2(shapes, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, num_classes=5)) == 2   # shapes uses category ids up to 18
     assert "at least 19" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, num_query_groups=0)) == 2
+    assert "--num_query_groups must be >= 1" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, pretrained_backbone="pretrain", pretrain_task="segmentation")) == 2
+    assert "--pretrain_task must be one of objects, multilabel" in capsys.readouterr().err
 
 
 def test_num_classes_given_is_detected():
