@@ -45,7 +45,7 @@ class _Budget(Exception):
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--name", default="run")
-    parser.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget")
+    parser.add_argument("--seconds", type=float, default=0.0, help="training wall-clock budget (0 = steps only)")
     parser.add_argument("--steps", type=int, default=0, help="iteration budget (0 = time only)")
     parser.add_argument("--drop_at", type=float, default=0.0, help="lr / 10 after this budget fraction")
     parser.add_argument("--threads", type=int, default=2)
@@ -59,6 +59,8 @@ def main(argv: list[str]) -> None:
     add_config_arguments(parser, TrainConfig)
     parser.set_defaults(**dataclasses.asdict(base))
     ns = parser.parse_args(argv)
+    if not ns.seconds and not ns.steps:
+        parser.error("give a budget: --seconds and/or --steps (the run stops at whichever comes first)")
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
     torch.set_num_threads(ns.threads)
     seed_everything(cfg.seed)
@@ -126,8 +128,7 @@ def main(argv: list[str]) -> None:
             history.append({"step": steps, "s": round(time.perf_counter() - start), **mean})
             print(f"[{ns.name}] {history[-1]}", flush=True)
             window.clear()
-        elapsed = time.perf_counter() - start
-        elapsed -= paused_wall
+        elapsed = time.perf_counter() - start - paused_wall
         frac = max(elapsed / ns.seconds if ns.seconds else 0.0, steps / ns.steps if ns.steps else 0.0)
         if ns.drop_at and not dropped and frac >= ns.drop_at:
             for group in optimizer.param_groups:
