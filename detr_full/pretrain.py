@@ -234,12 +234,20 @@ def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) ->
     """Train a BackboneClassifier on `coco_path`'s train split; return the checkpoint dict.
 
     The dict: `model` (the backbone body's state_dict, torchvision key names), `head` (the
-    classifier's, unused by DETR), `args` (the config, architecture included), `categories` (the class order of the head), `history` (per-step loss and
-    train accuracy every 25 steps) and `val_accuracy` (on the val split, when it has objects).
+    classifier's, unused by DETR), `args` (the config, architecture included), `categories` (the
+    class order of the head), `history` (per-step loss and train accuracy every 25 steps) and
+    `val_accuracy` (on the val split, when it has objects). Leaves torch's global RNG untouched.
     """
     if cfg.task not in TASKS:
         raise ValueError(f"PretrainConfig.task must be one of {TASKS}, got {cfg.task!r}.")
-    torch.manual_seed(cfg.seed)
+    # The caller's random streams are left as they were: a training run that pretrains first must
+    # initialise its model exactly like one that finds the weights cached.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _pretrain(coco_path, cfg, progress)
+
+
+def _pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     train = ClassificationSet(coco_path, "train")
     model = BackboneClassifier(cfg.backbone, cfg.stride, len(train.category_ids))

@@ -74,6 +74,9 @@ def test_pretraining_is_deterministic_and_keeps_only_the_layers_detr_uses(shapes
     b = pretrain(shapes, FAST, progress=False)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert a["categories"] == [1, 3, 7, 12, 18] and a["args"]["task"] == "objects"
+    state = torch.get_rng_state()
+    pretrain(shapes, FAST, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)   # a run that pretrains inits its model as a cached one
     assert "fc.weight" not in a["model"] and not any(k.startswith("layer4") for k in a["model"])  # stride 16
 
 
