@@ -155,7 +155,7 @@ def validate_coco(data: dict[str, Any], ann_file: PathLike) -> dict[str, int]:
     ann_file = Path(ann_file)
     category_ids = _validate_categories(data, ann_file)
     images = _validate_images(data, ann_file)
-    dropped = {"crowd": 0, "degenerate": 0, "clipped": 0}
+    counts = {"crowd": 0, "degenerate": 0, "clipped": 0}
     seen_ids: set[Any] = set()
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict):
@@ -199,10 +199,10 @@ def validate_coco(data: dict[str, Any], ann_file: PathLike) -> dict[str, int]:
         ann.setdefault("iscrowd", 0)
         ann.setdefault("area", float(w) * float(h))  # COCOeval reads area for small/medium/large
         if ann["iscrowd"]:
-            dropped["crowd"] += 1
+            counts["crowd"] += 1
             continue
         if w == 0 or h == 0:
-            dropped["degenerate"] += 1
+            counts["degenerate"] += 1
             continue
         x0, y0, x1, y1 = clamped_box_xyxy(bbox, img["width"], img["height"])
         if x1 <= x0 or y1 <= y0:
@@ -211,8 +211,8 @@ def validate_coco(data: dict[str, Any], ann_file: PathLike) -> dict[str, int]:
                 f"the {img['width']}x{img['height']} image. Check the box coordinates and the image's "
                 "width/height, or remove the annotation.")
         if (x0, y0, x1, y1) != (x, y, x + w, y + h):
-            dropped["clipped"] += 1
-    return dropped
+            counts["clipped"] += 1
+    return counts
 
 
 def make_coco_api(data: dict[str, Any]) -> COCO:
