@@ -42,6 +42,9 @@ class DETRConfig:
     # Convergence fixes of DETR's successors, off by default (official DETR)
     num_query_groups: int = 1           # Group DETR: K groups of queries matched one-to-one each, in training
     spatial_prior: bool = False         # a learned box per query, a Gaussian cross-attention prior around it
+    dn_groups: int = 0                  # DN-DETR: groups of noised ground-truth queries in training (needs spatial_prior)
+    dn_label_noise: float = 0.2         # probability that a denoising query's label is flipped
+    dn_box_noise: float = 0.4           # a denoising box's centre moves by up to this x half its size; w, h x (1 +- it)
     # Hungarian matcher weights (official main.py: 1, 5, 2)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0

@@ -6,8 +6,9 @@ L = h*w, K = num_classes + 1 (the last logit is "no object").
 Differences from the official `models/detr.py`: no NestedTensor (`forward(images, padding_mask)`),
 the criterion and post-processing live in their own files, and `build_detr` takes a `DETRConfig`
 instead of the argparse namespace. Parameter names are the official ones.
-Two opt-in hooks for DETR's successors, off by default (then the model is the official one):
-`num_query_groups` (Group DETR, group_detr.py) and `spatial_prior` (spatial_prior.py).
+Opt-in hooks for DETR's successors, off by default (then the model is the official one):
+`num_query_groups` (Group DETR, group_detr.py), `spatial_prior` (spatial_prior.py) and, on top of
+it, `dn_groups` (denoising queries, denoising.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 from detr_full.backbone import build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
+from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, denoising_weights
 from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
 from detr_full.position_encoding import build_position_encoding
@@ -45,7 +47,8 @@ class MLP(nn.Module):
 
 class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
-                 num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False):
+                 num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False,
+                 denoising: Optional[Denoising] = None):
         super().__init__()
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
@@ -58,11 +61,14 @@ class DETR(nn.Module):
         self.backbone = backbone
         # a reference box per query and a Gaussian cross-attention prior around it (spatial_prior.py)
         self.spatial_prior = SpatialPrior(num_queries * num_query_groups) if spatial_prior else None
+        self.denoising = denoising                                      # training-only queries (denoising.py)
 
-    def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None) -> dict:
+    def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None,
+                targets: Optional[list[dict]] = None) -> dict:
         """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding).
         Returns pred_logits (B, Q, K) and pred_boxes (B, Q, 4) as cxcywh in [0, 1], plus
-        aux_outputs (one such dict per earlier decoder layer) when aux_loss."""
+        aux_outputs (one such dict per earlier decoder layer) when aux_loss. `targets` are only
+        read in training with denoising queries, which then add `dn_outputs` (denoising.py)."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"DETR expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
                              "Batch a list of images with detr_full.data.collate.pad_images.")
@@ -76,17 +82,32 @@ class DETR(nn.Module):
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
         if self.num_query_groups > 1:
             queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
+        dn = self.denoising(targets) if self.denoising is not None and self.training and targets else None
+        content, num_dn = None, 0
+        if dn is not None:                                              # N denoising queries, then the Q others
+            num_dn = dn.labels.shape[1]
+            content = torch.cat([dn.content, queries.new_zeros(len(images), *queries.shape)], 1)  # (B, N+Q, D)
+            queries = torch.cat([dn.position, queries.expand(len(images), -1, -1)], 1)           # (B, N+Q, D)
+            query_allowed = denoising_attention_mask(dn.num_groups, dn.group_size, self.num_queries, images.device)
         prior = None
         if self.spatial_prior is not None:
-            prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask)
-        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed,
-                              *(prior.hooks() if prior else ()))[0]     # (layers, B, Q, D)
+            prior = self.spatial_prior.decoding(self.bbox_embed, queries.shape[-2] - num_dn, mask,
+                                                dn.boxes if dn is not None else None)
+        memory_bias, next_memory_bias = prior.hooks() if prior else (None, None)
+        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed, memory_bias,
+                              next_memory_bias, content)[0]             # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
         if prior is not None:                                           # boxes relative to each layer's reference
             box_logits = box_logits + inverse_sigmoid(prior.stacked_references())
         boxes = box_logits.sigmoid()                                    # (layers, B, Q, 4)
+        if dn is not None:
+            dn_out = {"pred_logits": logits[:, :, :num_dn], "pred_boxes": boxes[:, :, :num_dn],
+                      "labels": dn.labels, "boxes": dn.target_boxes, "valid": dn.valid}
+            logits, boxes = logits[:, :, num_dn:], boxes[:, :, num_dn:]
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if dn is not None:
+            out["dn_outputs"] = dn_out
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         return out
@@ -109,10 +130,21 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm)
+    denoising = None
+    if cfg.dn_groups > 0:
+        if not cfg.spatial_prior or cfg.num_query_groups > 1:
+            raise ValueError("dn_groups > 0 needs spatial_prior=True (its reference boxes are the denoising "
+                             f"queries' anchors) and num_query_groups=1; got spatial_prior={cfg.spatial_prior}, "
+                             f"num_query_groups={cfg.num_query_groups}.")
+        denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_groups, cfg.dn_label_noise, cfg.dn_box_noise)
     model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
-                 num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior)
+                 num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior, denoising=denoising)
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
-    if cfg.num_query_groups > 1:
+    if denoising is not None:
+        weights = loss_weights(cfg)
+        criterion = DenoisingCriterion(cfg.num_classes, matcher, {**weights, **denoising_weights(
+            weights, cfg.dec_layers, cfg.aux_loss)}, eos_coef=cfg.eos_coef)
+    elif cfg.num_query_groups > 1:
         criterion = GroupSetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef,
                                       num_queries=cfg.num_queries)
     else:

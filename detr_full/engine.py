@@ -117,6 +117,14 @@ _ADVICE = ("Try a lower --lr (or a --warmup_steps warm-up), keep gradient clippi
            "and check the data for degenerate boxes (zero width/height, outside the image).")
 
 
+def _forward(model: nn.Module, images: Tensor, padding_mask: Tensor, targets: list[dict]) -> dict:
+    """The model's outputs; a DETR with denoising queries also reads the targets (denoising.py)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if getattr(inner, "denoising", None) is not None:
+        return model(images, padding_mask, targets)
+    return model(images, padding_mask)
+
+
 def _weighted_terms(loss_dict: dict[str, Tensor], weight_dict: dict[str, float]) -> dict[str, Tensor]:
     # class_error and cardinality_error have no weight: logged, never optimised (official behaviour)
     return {k: v * weight_dict[k] for k, v in loss_dict.items() if k in weight_dict}
@@ -144,7 +152,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
         for it, batch in enumerate(bar):
             images, padding_mask, targets = _to_device(batch, device)
             with _autocast(device, amp):
-                outputs = _to_float32(model(images, padding_mask))
+                outputs = _to_float32(_forward(model, images, padding_mask, targets))
             _check_finite_outputs(outputs, f"at epoch {epoch}, iteration {it}")
             loss_dict = criterion(outputs, targets)
             loss = sum(_weighted_terms(loss_dict, weight_dict).values())
@@ -177,7 +185,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
     return meters.averages()
 
 
-def _coco_results(results: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> dict[int, list[dict]]:
+def coco_results(results: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> dict[int, list[dict]]:
     """PostProcess outputs (absolute xyxy) -> {image_id: [COCO result dicts with xywh boxes]}."""
     per_image: dict[int, list[dict]] = {}
     for result, target in zip(results, targets):
@@ -248,7 +256,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocess: Callable, load
 
             if coco_gt is not None:
                 orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2) as (h, w)
-                detections.update(_coco_results(postprocess(outputs, orig_sizes), targets))
+                detections.update(coco_results(postprocess(outputs, orig_sizes), targets))
     stats: dict[str, Any] = meters.averages()
 
     coco_eval = None

@@ -25,7 +25,7 @@ Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -83,9 +83,14 @@ class SpatialPrior(nn.Module):
         z = (xy[:, None, :, :] - centre) / half_size                             # (B, Q, L, 2)
         return -0.5 * (z ** 2).sum(-1)                                           # (B, Q, L)
 
-    def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor) -> "RefinedPrior":
-        """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w)."""
-        return RefinedPrior(self.boxes(num_queries), bbox_embed, mask)
+    def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor,
+                 leading: Optional[Tensor] = None) -> "RefinedPrior":
+        """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w);
+        `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising)."""
+        reference = self.boxes(num_queries).expand(len(mask), -1, -1)           # (B, Q, 4)
+        if leading is not None:
+            reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
+        return RefinedPrior(reference, bbox_embed, mask)
 
 
 class RefinedPrior:

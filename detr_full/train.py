@@ -182,6 +182,9 @@ def check_supported(cfg: TrainConfig) -> None:
                           "detection only. Remove the flag(s); any COCO-format dataset works with --coco_path.")
     if cfg.num_query_groups < 1:
         raise ConfigError(f"--num_query_groups must be >= 1 (1 = plain DETR); got {cfg.num_query_groups}.")
+    if cfg.dn_groups < 0 or (cfg.dn_groups > 0 and (not cfg.spatial_prior or cfg.num_query_groups > 1)):
+        raise ConfigError(f"--dn_groups {cfg.dn_groups}: denoising queries need --dn_groups >= 0, and with "
+                          "--dn_groups > 0 also --spatial_prior (their anchor boxes) and --num_query_groups 1.")
     if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:
         raise ConfigError(f"--pretrain_task must be one of {', '.join(TASKS)}; got {cfg.pretrain_task!r}.")
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:

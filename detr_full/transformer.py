@@ -199,19 +199,22 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
                 query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
-                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None) -> tuple[Tensor, Tensor]:
+                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None,
+                query_content: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
         Hooks for DETR's successors, None in DETR: query_allowed (Q, Q) bool, the decoder
         self-attention mask (query groups); memory_bias (B, Q, h*w), added to the first decoder
         layer's cross-attention logits, and next_memory_bias, which makes the next layer's from a
-        layer's output (a spatial prior refined layer by layer).
+        layer's output (a spatial prior refined layer by layer); query_content (B, Q, D), the
+        decoder's input instead of zeros, with query_embed then (B, Q, D) too (denoising queries).
         Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
         pos = pos_embed.flatten(2).transpose(1, 2)                         # (B, L, D)
         mask = mask.flatten(1)                                             # (B, L)
-        query_pos = query_embed[None].expand(b, -1, -1)                    # (B, Q, D)
-        tgt = torch.zeros_like(query_pos)  # the decoder starts from zeros; queries enter as positions
+        query_pos = query_embed.expand(b, -1, -1)                          # (B, Q, D)
+        # the decoder starts from zeros; queries enter as positions
+        tgt = torch.zeros_like(query_pos) if query_content is None else query_content
         memory = self.encoder(src, mask, pos)                              # (B, L, D)
         hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias,
                           next_memory_bias)                                # (layers, B, Q, D)

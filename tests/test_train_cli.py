@@ -81,8 +81,9 @@ def test_eval_resume_reevaluates(trained, shapes, tmp_path):
     assert not (tmp_path / "checkpoint.pth").exists()  # --eval writes no checkpoint
 
 
-@pytest.mark.parametrize("options", [{}, {"num_query_groups": 2, "aspect_ratio_grouping": True}],
-                         ids=["official", "query_groups+aspect_grouping"])
+@pytest.mark.parametrize("options", [{}, {"num_query_groups": 2, "aspect_ratio_grouping": True},
+                                     {"spatial_prior": True, "dn_groups": 2}],
+                         ids=["official", "query_groups+aspect_grouping", "denoising"])
 def test_resume_is_bit_exact(shapes, tmp_path, options):
     """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, optimizer and log."""
     settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1, **options)
@@ -166,6 +167,8 @@ def test_bad_input_exits_2(shapes, tmp_path, capsys):
     assert "at least 19" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, num_query_groups=0)) == 2
     assert "--num_query_groups must be >= 1" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, dn_groups=2)) == 2                 # denoising needs the spatial prior
+    assert "--spatial_prior (their anchor boxes)" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, pretrained_backbone="pretrain", pretrain_task="segmentation")) == 2
     assert "--pretrain_task must be one of objects, multilabel" in capsys.readouterr().err
 

@@ -1,0 +1,160 @@
+"""Denoising queries (DN-DETR: Li et al. 2022, "Accelerate DETR Training by Introducing Query
+DeNoising", arXiv 2203.01305).
+
+Why DETR's boxes learn slowly: the Hungarian matching decides which query answers for which
+object, and early in training that decision changes from step to step, so a query's box target
+jumps between objects and its regression keeps starting over. DN-DETR adds, in training only,
+decoder queries made from the ground truth itself: every object's box, jittered, and its label,
+sometimes flipped. Their targets need no matching (the true box and label), so the decoder learns
+from step 0 to turn a rough box near an object into the object's box: exactly what a matched
+query has to do, with a target that never moves.
+
+Our version, on top of `spatial_prior` (its reference boxes play DN-DETR's anchor boxes):
+- `dn_groups` copies of the batch's objects, each with its own noise: the centre moves by up to
+  `dn_box_noise` times half the width / height, width and height are scaled by 1 +- dn_box_noise,
+  and the label is replaced by a random class with probability `dn_label_noise`. Every image gets
+  as many slots per group as the batch's largest image has objects; the spare slots are padding
+  (no loss);
+- a denoising query enters the decoder with its noised label's embedding as content, an embedding
+  of its noised box as position, and the noised box as its reference (where its Gaussian prior
+  looks, and what its box is predicted relative to);
+- attention mask: the matching queries never see a denoising query (that would hand them the
+  ground truth, which does not exist at inference); a denoising group sees itself and the
+  matching queries, never another group;
+- loss: cross-entropy to the true label and L1 + GIoU to the true box, per decoder layer, averaged
+  over the real slots, weighted like the matched terms (`loss_dn_ce`, `loss_dn_bbox`,
+  `loss_dn_giou`, with `_i` for the auxiliary layers).
+In eval mode, or without targets, no denoising query is made: the model is spatial-prior DETR.
+Used through `DETRConfig.dn_groups` (0 = off, the official DETR); adds `denoising.*` tensors to
+the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from detr_full.criterion import SetCriterion
+
+DN_TERMS = ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")
+
+
+def noise_boxes(boxes: Tensor, scale: float) -> Tensor:
+    """boxes (..., 4) cxcywh in [0, 1] -> jittered copies: centre moved by up to scale * (w/2, h/2),
+    width and height multiplied by a factor in [1 - scale, 1 + scale]; clamped to [0, 1]."""
+    r = torch.rand(boxes.shape, device=boxes.device) * 2 - 1                   # (..., 4) in [-1, 1)
+    centre = boxes[..., :2] + r[..., :2] * boxes[..., 2:] * scale / 2
+    size = boxes[..., 2:] * (1 + r[..., 2:] * scale)
+    return torch.cat([centre, size], -1).clamp(0, 1)
+
+
+def noise_labels(labels: Tensor, num_classes: int, p: float) -> Tensor:
+    """labels (...,) -> each replaced by a uniformly random class in [0, num_classes) with probability p."""
+    flip = torch.rand(labels.shape, device=labels.device) < p
+    return torch.where(flip, torch.randint_like(labels, num_classes), labels)
+
+
+def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """boxes (..., 4) in [0, 1] -> (..., dim): dim/4 sine and cosine features per coordinate, the
+    encoding of notebook 03 applied to cx, cy, w and h."""
+    n = dim // 4                                                               # features per coordinate
+    freqs = temperature ** (2 * torch.arange(n // 2, device=boxes.device) / n)  # (n/2,)
+    x = boxes[..., None] * 2 * math.pi / freqs                                 # (..., 4, n/2)
+    return torch.cat([x.sin(), x.cos()], -1).flatten(-2)                       # (..., 4 * n)
+
+
+def denoising_attention_mask(num_groups: int, group_size: int, num_queries: int,
+                             device: torch.device | str = "cpu") -> Tensor:
+    """(N + Q, N + Q) bool, True where query i may attend to query j, with the N = num_groups *
+    group_size denoising queries first: every query sees the Q matching queries; a denoising
+    query also sees its own group; a matching query sees no denoising query."""
+    n = num_groups * group_size
+    group = torch.full((n + num_queries,), -1, device=device)                 # -1: a matching query
+    group[:n] = torch.arange(n, device=device) // group_size
+    return (group[:, None] == group[None, :]) | (group == -1)[None, :]
+
+
+@dataclass
+class DenoisingQueries:
+    """One training batch's denoising queries; N = groups * slots per group."""
+    content: Tensor        # (B, N, D) embedding of the noised labels: the decoder's input
+    position: Tensor       # (B, N, D) embedding of the noised boxes, added at every layer
+    boxes: Tensor          # (B, N, 4) noised cxcywh: the queries' reference boxes
+    labels: Tensor         # (B, N) the true labels (the targets)
+    target_boxes: Tensor   # (B, N, 4) the true boxes
+    valid: Tensor          # (B, N) bool, False on padding slots
+    num_groups: int
+
+    @property
+    def group_size(self) -> int:
+        return self.labels.shape[1] // self.num_groups
+
+
+class Denoising(nn.Module):
+    """Makes the denoising queries of a batch (`forward`) from its targets."""
+
+    def __init__(self, num_classes: int, d_model: int, num_groups: int, label_noise: float = 0.2,
+                 box_noise: float = 0.4):
+        super().__init__()
+        if d_model % 8:
+            raise ValueError(f"denoising needs hidden_dim divisible by 8 (the box sine embedding); got {d_model}.")
+        self.num_classes, self.num_groups = num_classes, num_groups
+        self.label_noise, self.box_noise = label_noise, box_noise
+        self.label_embed = nn.Embedding(num_classes, d_model)
+        self.box_embed = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, targets: list[dict]) -> DenoisingQueries:
+        device = self.label_embed.weight.device
+        slots = max(1, max(len(t["labels"]) for t in targets))                 # per group and image
+        b = len(targets)
+        labels = torch.zeros(b, slots, dtype=torch.int64, device=device)
+        boxes = torch.full((b, slots, 4), 0.5, device=device)                  # padding: a centred box
+        valid = torch.zeros(b, slots, dtype=torch.bool, device=device)
+        for i, t in enumerate(targets):
+            k = len(t["labels"])
+            labels[i, :k], boxes[i, :k], valid[i, :k] = t["labels"], t["boxes"], True
+        labels, boxes, valid = (x.repeat(1, self.num_groups, *[1] * (x.dim() - 2)) for x in (labels, boxes, valid))
+        noised_boxes = noise_boxes(boxes, self.box_noise)                      # (B, N, 4)
+        noised_labels = noise_labels(labels, self.num_classes, self.label_noise)  # (B, N)
+        position = self.box_embed(box_sine_embedding(noised_boxes, self.label_embed.embedding_dim))
+        return DenoisingQueries(self.label_embed(noised_labels), position, noised_boxes, labels, boxes, valid,
+                                self.num_groups)
+
+
+def denoising_weights(weights: dict[str, float], dec_layers: int, aux_loss: bool) -> dict[str, float]:
+    """The weights of the denoising terms: those of loss_ce, loss_bbox and loss_giou, per layer."""
+    base = dict(zip(DN_TERMS, (weights["loss_ce"], weights["loss_bbox"], weights["loss_giou"])))
+    extra = dict(base)
+    if aux_loss:
+        extra.update({f"{k}_{i}": v for i in range(dec_layers - 1) for k, v in base.items()})
+    return extra
+
+
+class DenoisingCriterion(SetCriterion):
+    """SetCriterion plus the denoising terms when the outputs carry `dn_outputs` (training with
+    denoising queries); on any other outputs it is exactly SetCriterion."""
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        losses = super().forward(outputs, targets)
+        dn = outputs.get("dn_outputs")
+        if dn is not None:
+            valid = dn["valid"]                                                  # (B, N)
+            count = valid.sum().clamp(min=1)
+            labels, boxes = dn["labels"][valid], dn["boxes"][valid]              # (M,), (M, 4)
+            layers = len(dn["pred_logits"])
+            for layer, (logits, pred_boxes) in enumerate(zip(dn["pred_logits"], dn["pred_boxes"])):
+                pred = pred_boxes[valid]                                         # (M, 4)
+                terms = {
+                    "loss_dn_ce": F.cross_entropy(logits[valid], labels) if len(labels) else logits.sum() * 0,
+                    "loss_dn_bbox": F.l1_loss(pred, boxes, reduction="none").sum() / count,
+                    "loss_dn_giou": (1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(pred),
+                                                                    box_cxcywh_to_xyxy(boxes))).sum() / count,
+                }
+                suffix = "" if layer == layers - 1 else f"_{layer}"
+                losses.update({f"{k}{suffix}": v for k, v in terms.items() if f"{k}{suffix}" in self.weight_dict})
+        return losses
