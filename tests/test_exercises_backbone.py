@@ -69,3 +69,68 @@ def test_check_feature_size(capsys):
     assert not check_feature_size(lambda h, w, d: None)
     assert not check_feature_size(lambda h, w, d: "oops")
     assert "not yet" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- likely wrong answers
+
+def _bn(x, weight, bias, mean, std):
+    def c(v):
+        return v[None, :, None, None]
+    return (x - c(mean)) / c(std) * c(weight) + c(bias)
+
+
+def _in_place_bn(x, weight, bias, running_mean, running_var, eps):
+    x -= running_mean[None, :, None, None]            # right values, but the caller's x is overwritten
+    return x * (weight / (running_var + eps).sqrt())[None, :, None, None] + bias[None, :, None, None]
+
+
+def test_check_frozen_batch_norm_names_each_mistake(capsys):
+    ones, zeros = torch.ones(6), torch.zeros(6)
+    for wrong, words in (
+            (lambda x, w, b, m, v, eps: _bn(x, w, b, m, v.sqrt() + eps), "inside the square root"),
+            (lambda x, w, b, m, v, eps: _bn(x, w, b, m, v + eps), "not by the variance"),
+            (lambda x, w, b, m, v, eps: _bn(x, b, w, m, (v + eps).sqrt()), "weight and bias are swapped"),
+            (lambda x, w, b, m, v, eps: _bn(x, w, b, zeros, (v + eps).sqrt()), "subtract running_mean"),
+            (lambda x, w, b, m, v, eps: _bn(x, ones, b, m, (v + eps).sqrt()), "multiply the normalised x by weight"),
+            (lambda x, w, b, m, v, eps: _bn(x, w, zeros, m, (v + eps).sqrt()), "add bias"),
+            (lambda x, w, b, m, v, eps: _bn(x, w, b, x.mean((0, 2, 3)), (x.var((0, 2, 3)) + eps).sqrt()),
+             "batch's own statistics"),                                      # unbiased batch variance
+            (lambda x, w, b, m, v, eps: (x - m) / (v + eps).sqrt() * w + b, "(1, C, 1, 1)"),  # (C,) on the W axis
+            (_in_place_bn, "changed its input `x` in place")):
+        assert not check_frozen_batch_norm(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+    assert check_frozen_batch_norm(lambda *a: _frozen_bn(*a).double())     # float64 is compared, not a crash
+    assert capsys.readouterr().out.startswith("OK:")
+
+
+def test_check_downsample_mask_names_each_mistake(capsys):
+    def interpolate(m, s, **kw):
+        return F.interpolate(m[None].float(), size=s, **kw)[0].bool()
+
+    for wrong, words in (
+            (lambda m, s: F.adaptive_max_pool2d(m[:, None].float(), s)[:, 0].bool(), "any of its pixels"),
+            (lambda m, s: interpolate(m, s, mode="nearest-exact"), "centre"),
+            (lambda m, s: interpolate(m, s[::-1]), "size is (h, w)"),
+            (lambda m, s: F.interpolate(m[:, None].float(), size=s).bool(), "drop the dimension"),
+            (lambda m, s: m[:, ::32, ::32], "not always 32"),
+            (lambda m, s: F.interpolate(m.float(), size=s).bool(), "add a dimension")):   # (B, H, W) is 1-D to it
+        assert not check_downsample_mask(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_feature_size_names_each_mistake(capsys):
+    def ceil(n, stride):
+        return -(-n // stride)
+
+    for wrong, words in (
+            (lambda h, w, d: (round(h / (16 if d else 32)), round(w / (16 if d else 32))), "nearest integer"),
+            (lambda h, w, d: (ceil(h, 32 if d else 16), ceil(w, 32 if d else 16)), "other way round"),
+            (lambda h, w, d: (ceil(h, 8 if d else 32), ceil(w, 8 if d else 32)), "not 8"),
+            (lambda h, w, d: reference_feature_size(h, w, d)[::-1], "swapped"),
+            (lambda h, w, d: (h / (16 if d else 32), w / (16 if d else 32)), "whole number"),
+            (lambda h, w, d: (1, 2, 3), "pair")):
+        assert not check_feature_size(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out

@@ -72,3 +72,82 @@ def test_check_size_class(capsys):
     assert "32 ** 2" in capsys.readouterr().out
     assert not check_size_class(lambda a: None)
     assert "None" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- likely wrong answers
+
+def _xyxy_normalised(boxes_xywh, size):              # corners instead of centre and size
+    h, w = size
+    x, y, bw, bh = boxes_xywh.unbind(-1)
+    return torch.stack([x / w, y / h, (x + bw) / w, (y + bh) / h], dim=-1)
+
+
+def _xywh_as_xyxy(boxes_xywh, size):                 # box_xyxy_to_cxcywh straight on COCO boxes
+    h, w = size
+    return box_xyxy_to_cxcywh(boxes_xywh) / torch.tensor([w, h, w, h])
+
+
+def _size_in_pixels(boxes_xywh, size):
+    h, w = size
+    out = _xywh_to_cxcywh(boxes_xywh, size)
+    return torch.cat([out[:, :2], out[:, 2:] * torch.tensor([w, h])], dim=1)
+
+
+def _centre_in_pixels(boxes_xywh, size):
+    h, w = size
+    out = _xywh_to_cxcywh(boxes_xywh, size)
+    return torch.cat([out[:, :2] * torch.tensor([w, h]), out[:, 2:]], dim=1)
+
+
+def _in_place(boxes_xywh, size):                     # right values, but the caller's boxes are overwritten
+    h, w = size
+    boxes_xywh[:, :2] += boxes_xywh[:, 2:] / 2
+    boxes_xywh /= torch.tensor([w, h, w, h])
+    return boxes_xywh
+
+
+def test_check_xywh_to_cxcywh_names_each_mistake(capsys):
+    for wrong, words in ((_xyxy_normalised, "corners (xyxy)"), (_xywh_as_xyxy, "not corners"),
+                         (_size_in_pixels, "width and height are still in pixels"),
+                         (_centre_in_pixels, "centre is still in pixels"),
+                         (_in_place, "changed its input `boxes_xywh` in place")):
+        assert not check_xywh_to_cxcywh(wrong), wrong.__name__
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, (wrong.__name__, out)
+
+
+def test_check_num_classes_names_each_mistake(capsys):
+    for wrong, words in ((lambda cats: max(c["id"] for c in cats), "largest id + 1"),
+                         (lambda cats: len(cats) + 1, "number of categories + 1"),
+                         (lambda cats: cats[-1]["id"] + 1, "need not be sorted"),
+                         (lambda cats: 91, "COCO's num_classes"),
+                         (lambda cats: (max(c["id"] for c in cats) + 1) / 2, "whole number"),
+                         (lambda cats: str(max(c["id"] for c in cats) + 1), "expected an int")):
+        assert not check_num_classes(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+    assert check_num_classes(lambda cats: torch.tensor([c["id"] for c in cats]).max() + 1)  # a 0-d tensor is fine
+    assert check_num_classes(lambda cats: float(max(c["id"] for c in cats) + 1))
+    assert capsys.readouterr().out.count("OK:") == 2
+
+
+def test_check_size_class_names_each_mistake(capsys):
+    side = lambda a: reference_size_class({"area": max(a["bbox"][2:]) ** 2})  # noqa: E731  longest side
+    sqrt_vs_area = lambda a: reference_size_class({"area": a["area"] ** 0.5})  # noqa: E731  always "small"
+    capital = lambda a: reference_size_class(a).capitalize()  # noqa: E731
+
+    def large_never_reached(a):
+        if a["area"] < 32 ** 2:
+            return "small"
+        elif a["area"] >= 32 ** 2:
+            return "medium"
+        return "large"
+
+    for wrong, words in ((side, "'area'"), (sqrt_vs_area, "32 ** 2 = 1024"), (capital, "lowercase"),
+                         (large_never_reached, "test the larger threshold first")):
+        assert not check_size_class(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+    assert check_size_class(lambda a: "small" if a["area"] <= 32 ** 2 else "medium" if a["area"] <= 96 ** 2
+                            else "large")     # ties are not tested: COCOeval counts them in both classes
+    assert capsys.readouterr().out.startswith("OK:")

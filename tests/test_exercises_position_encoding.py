@@ -101,3 +101,70 @@ def test_check_learned_encoding(capsys):
     assert "x) features first" in capsys.readouterr().out
     assert not check_learned_encoding(lambda r, c, h, w: None)
     assert "not yet" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- likely wrong answers
+
+def _interleave(angles, even=torch.sin, odd=torch.cos):
+    out = torch.empty_like(angles)
+    out[:, 0::2], out[:, 1::2] = even(angles[:, 0::2]), odd(angles[:, 1::2])
+    return out
+
+
+def _angles(p, f, t, exponent=lambda c, f: 2 * (c // 2) / f):
+    return p[:, None] / t ** exponent(torch.arange(f), f)
+
+
+def test_check_sine_1d_names_each_mistake(capsys):
+    def in_place(p, f, t):
+        p.unsqueeze_(1)                # (N, 1) to broadcast, but the caller's tensor changes shape
+        return _interleave(p / t ** (2 * (torch.arange(f) // 2) / f))
+
+    for wrong, words in (
+            (lambda p, f, t: _interleave(_angles(p, f, t), torch.cos, torch.sin), "sin and cos are swapped"),
+            (lambda p, f, t: _sine_1d(p, f, 10000), "hard-coded 10000"),
+            (lambda p, f, t: _interleave(_angles(p, f, t, lambda c, f: (c // 2) / f)), "factor 2"),
+            (lambda p, f, t: _interleave(p[:, None] * t ** (2 * (torch.arange(f) // 2) / f)), "don't multiply"),
+            (lambda p, f, t: _sine_1d(p, f, t).T, "transposed"),
+            (in_place, "changed its input `p` in place")):
+        assert not check_sine_1d(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_normalized_positions_names_each_mistake(capsys):
+    def counts(mask):
+        not_mask = (~mask).float()
+        return not_mask.cumsum(1), not_mask.cumsum(2)
+
+    def zero_based(mask, scale):
+        y, x = counts(mask)
+        return (y - 1) / y[:, -1:] * scale, (x - 1) / x[:, :, -1:] * scale
+
+    def batch_max(mask, scale):
+        y, x = counts(mask)
+        return y / y.max() * scale, x / x.max() * scale
+
+    def padding_counted(mask, scale):
+        y, x = mask.float().cumsum(1), mask.float().cumsum(2)
+        return y / (y[:, -1:] + 1e-6) * scale, x / (x[:, :, -1:] + 1e-6) * scale
+
+    for wrong, words in ((zero_based, "count from 1"), (batch_max, "largest count"),
+                         (lambda m, s: reference_normalized_positions(m), "hard-coded 2 pi"),
+                         (padding_counted, "True on padding"), (lambda m, s: counts(m), "normalise the counts"),
+                         (lambda m, s: reference_normalized_positions(m, s)[0], "pair")):
+        assert not check_normalized_positions(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_learned_encoding_names_each_mistake(capsys):
+    for wrong, words in (
+            (lambda r, c, h, w: _learned(c, r, h, w), "tables are swapped"),
+            (lambda r, c, h, w: _learned(r[1:], c[1:], h, w), "index the tables from 0"),
+            (lambda r, c, h, w: _learned(r, c, h, w).permute(1, 2, 0), "channels first"),
+            (lambda r, c, h, w: c[:w][None].expand(h, -1, -1).permute(2, 0, 1) + r[:h][:, None].expand(-1, w, -1)
+             .permute(2, 0, 1), "don't add them")):
+        assert not check_learned_encoding(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out

@@ -107,3 +107,140 @@ def test_checkers_never_raise_on_stubs(capsys):
                   check_finetune_filter):
         assert check(_stub) is False
         assert "stub" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- likely wrong answers
+
+def test_check_loss_weights_names_each_mistake(capsys):
+    def copies(d, b, g, a, layers):
+        final = {"loss_ce": 1.0, "loss_bbox": b, "loss_giou": g}
+        return {**final, **{f"{k}_{i}": v for i in layers for k, v in final.items()}} if a else final
+
+    def grows_while_looping(d, b, g, a):
+        weights = {"loss_ce": 1.0, "loss_bbox": b, "loss_giou": g}
+        if a:
+            for i in range(d - 1):
+                for k, v in weights.items():
+                    weights[f"{k}_{i}"] = v
+        return weights
+
+    for wrong, words in (
+            (lambda d, b, g, a: copies(d, b, g, True, range(d - 1)), "aux_loss=False there are no `_i` copies"),
+            (lambda d, b, g, a: copies(d, b, g, a, range(1, d)), "from 0"),
+            (lambda d, b, g, a: copies(d, b, g, a, range(d - 2)), "except the last"),
+            (lambda d, b, g, a: {k.replace("_", ".", 1) if k.count("_") == 2 else k: v
+                                 for k, v in _loss_weights(d, b, g, a).items()}, "f'{k}_{i}'"),
+            (lambda d, b, g, a: {**_loss_weights(d, b, g, a), "class_error": 0.0}, "logged, never weighted"),
+            (lambda d, b, g, a: {**_loss_weights(d, b, g, a), "loss_bbox": g, "loss_giou": b},
+             "loss_bbox bbox_loss_coef"),
+            (grows_while_looping, "list(weights.items())")):
+        assert not check_loss_weights(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_class_error_names_each_mistake(capsys):
+    def nan_when_empty(pred_logits, targets, indices):       # the case: the mean of nothing is NaN
+        predicted = torch.cat([pred_logits[b, q].argmax(-1) for b, (q, _) in enumerate(indices)])
+        labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        return 100 - 100 * (predicted == labels).float().mean()
+
+    def per_image_mean(pred_logits, targets, indices):
+        rates = [100 - 100 * (pred_logits[b, q].argmax(-1) == targets[b]["labels"][j]).float().mean()
+                 for b, (q, j) in enumerate(indices) if len(q)]
+        return torch.stack(rates).mean() if rates else 100.0
+
+    def unpermuted_labels(pred_logits, targets, indices):
+        predicted = torch.cat([pred_logits[b, q].argmax(-1) for b, (q, _) in enumerate(indices)])
+        labels = torch.cat([t["labels"] for t in targets])
+        return 100 - 100 * (predicted == labels).float().mean() if len(labels) else 100.0
+
+    def all_queries(pred_logits, targets, indices):
+        classes = torch.full(pred_logits.shape[:2], pred_logits.shape[-1] - 1)
+        for b, (q, j) in enumerate(indices):
+            classes[b, q] = targets[b]["labels"][j]
+        return 100 - 100 * (pred_logits.argmax(-1) == classes).float().mean()
+
+    for wrong, words in ((nan_when_empty, "NaN (the mean of an empty tensor)"),
+                         (lambda p, t, i: _class_error(p, t, i) if sum(len(x["labels"]) for x in t) else 0.0,
+                          "expected 100"),
+                         (per_image_mean, "pool the matched queries"), (unpermuted_labels, "labels[target_idx]"),
+                         (all_queries, "only the matched queries count"),
+                         (lambda p, t, i: _class_error(p[..., :-1], t, i), "no-object included")):
+        assert not check_class_error(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_cardinality_error_names_each_mistake(capsys):
+    def counted(predicted_per_image, targets):
+        counts = torch.tensor([float(len(t["labels"])) for t in targets])
+        return (predicted_per_image.float() - counts).abs().mean()
+
+    def total_difference(p, t):
+        predicted = (p.argmax(-1) != p.shape[-1] - 1).sum()
+        return (predicted - sum(len(x["labels"]) for x in t)).abs() / len(t)
+
+    def signed(p, t):
+        counts = torch.tensor([float(len(x["labels"])) for x in t])
+        return ((p.argmax(-1) != p.shape[-1] - 1).sum(1).float() - counts).mean()
+
+    def long_counts(p, t):
+        counts = torch.tensor([len(x["labels"]) for x in t])
+        return ((p.argmax(-1) != p.shape[-1] - 1).sum(1) - counts).abs().mean()
+
+    for wrong, words in ((total_difference, "absolute difference per image before averaging"),
+                         (signed, "absolute difference per image"),
+                         (lambda p, t: counted((p.argmax(-1) == p.shape[-1] - 1).sum(1), t), "is NOT the last"),
+                         (lambda p, t: counted((p.argmax(-1) != 0).sum(1), t), "not index 0"),
+                         (lambda p, t: counted((p.softmax(-1)[..., :-1].max(-1).values > 0.7).sum(1), t),
+                          "no score threshold"),
+                         (long_counts, ".float()")):
+        assert not check_cardinality_error(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_step_lr_names_each_mistake(capsys):
+    for wrong, words in ((lambda e, lr, d: lr * 0.1 ** (e / d), "integer division"),
+                         (lambda e, lr, d: lr * 0.1 if e >= d else lr, "not once"),
+                         (lambda e, lr, d: lr * 0.5 ** (e // d), "gamma = 0.1"),
+                         (lambda e, lr, d: lr * 0.1 ** ((e + 1) // d), "still trains with the full lr")):
+        assert not check_step_lr(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+
+def test_check_finetune_filter_names_each_mistake(capsys):
+    def model_tensors(c, m):      # the case: keys right, but the model's own fresh tensors: loads nothing
+        return {k: m[k] for k, v in c.items() if k in m and v.shape == m[k].shape}
+
+    def merged(c, m):             # a full state dict: the model's tensors where the checkpoint does not fit
+        return {**m, **_finetune_filter(c, m)}
+
+    def by_name(c, m):            # drops the heads by name, whatever their shape
+        return {k: v for k, v in c.items() if k in m and not k.startswith(("class_embed", "query_embed"))}
+
+    for wrong, words in ((model_tensors, "the model's own (freshly initialised) tensor"),
+                         (merged, "not by sending the model's own tensors back"),
+                         (lambda c, m: {k: v for k, v in c.items() if k in m and v.shape != m[k].shape},
+                          "wrong way round"),
+                         (lambda c, m: {k: v for k, v in c.items() if v.shape == m.get(k, v).shape},
+                          "keep only keys the model has"),
+                         (by_name, "Decide by shape, not by name"),
+                         (lambda c, m: {}, "entries that fit were dropped"),
+                         (lambda c, m: {k: v * 0.5 for k, v in _finetune_filter(c, m).items()},
+                          "not the checkpoint's tensor"),
+                         (lambda c, m: list(_finetune_filter(c, m)), "not only their keys"),
+                         (lambda c, m: {**_finetune_filter(c, m), "extra": torch.zeros(1)}, "not in the checkpoint")):
+        assert not check_finetune_filter(wrong)
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, out
+
+    def pops_in_place(c, m):      # deleting from the checkpoint dict it was given is fine
+        for k in [k for k, v in c.items() if k not in m or v.shape != m[k].shape]:
+            del c[k]
+        return c
+
+    assert check_finetune_filter(pops_in_place)
+    assert capsys.readouterr().out.startswith("OK:")

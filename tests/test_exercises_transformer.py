@@ -84,3 +84,144 @@ def test_decoder_layer_checker(capsys):
     assert capsys.readouterr().out.startswith("OK:")
     assert not check_decoder_layer(lambda *a: decoder_layer(*a, keys_with_pos=False))
     assert "memory + pos" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- likely wrong answers
+
+def attention_with(query, key, value, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias, num_heads,
+                   key_padding_mask=None, *, mistake):
+    """Multi-head attention written as a learner would, with one mistake."""
+    b, lq, d = query.shape
+    dh = d // num_heads
+    (w_q, w_k, w_v), (b_q, b_k, b_v) = in_proj_weight.chunk(3), in_proj_bias.chunk(3)
+    if mistake == "no bias":
+        b_q, b_k, b_v = (torch.zeros_like(x) for x in (b_q, b_k, b_v))
+    project = (lambda x, w, bias: x @ w + bias) if mistake == "x @ W" else F.linear
+    if mistake == "reshape heads":
+        def split(x):
+            return x.reshape(b, num_heads, x.shape[1], dh)
+    else:
+        def split(x):
+            return x.view(b, x.shape[1], num_heads, dh).transpose(1, 2)
+    q, k, v = split(project(query, w_q, b_q)), split(project(key, w_k, b_k)), split(project(value, w_v, b_v))
+    scores = q @ k.transpose(-2, -1) * {"no scale": 1.0, "1/dh": dh ** -1.0}.get(mistake, dh ** -0.5)
+    if key_padding_mask is not None:
+        padded = key_padding_mask[:, None, None, :]
+        if mistake == "inverted mask":
+            scores = scores.masked_fill(~padded, float("-inf"))
+        elif mistake == "fill 0":
+            scores = scores.masked_fill(padded, 0.0)
+        elif mistake != "mask after softmax":
+            scores = scores.masked_fill(padded, float("-inf"))
+    attn = scores.softmax(-2 if mistake == "softmax over queries" else -1)
+    if mistake == "mask after softmax" and key_padding_mask is not None:
+        attn = attn.masked_fill(key_padding_mask[:, None, None, :], 0.0)
+    out = attn @ v
+    out = out.reshape(b, lq, d) if mistake == "merge without transpose" else out.transpose(1, 2).reshape(b, lq, d)
+    weights = {"heads kept": attn, "sum over heads": attn.sum(1)}.get(mistake, attn.mean(1))
+    return (out if mistake == "no out_proj" else F.linear(out, out_proj_weight, out_proj_bias)), weights
+
+
+def test_attention_checker_names_each_mistake(capsys):
+    for wrong, words in (("x @ W", "use its transpose"), ("no bias", "in_proj biases"),
+                         ("no scale", "scale the scores by 1 / sqrt(D/H)"), ("1/dh", "square root of the head size"),
+                         ("softmax over queries", "over the keys"), ("reshape heads", "mixes positions and features"),
+                         ("sum over heads", "don't sum"), ("heads kept", "weights.mean(1)"),
+                         ("inverted mask", "wrong way round"), ("fill 0", "not 0"),
+                         ("mask after softmax", "before the softmax"),
+                         ("merge without transpose", "a reshape alone"), ("no out_proj", "output projection")):
+        assert not check_multi_head_attention(lambda *a, **k: attention_with(*a, **k, mistake=wrong))
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, (wrong, out)
+    assert check_multi_head_attention(lambda *a, **k: attention_with(*a, **k, mistake=None))
+    assert capsys.readouterr().out.startswith("OK:")
+
+    def self_attention_only(query, key, value, *weights, key_padding_mask=None):
+        return attention(query, query, query, *weights)
+
+    assert not check_multi_head_attention(self_attention_only)
+    assert "`key` and `value` arguments" in capsys.readouterr().out
+
+
+def encoder_with(layer, src, padding_mask, pos, *, mistake):
+    """One encoder layer written as a learner would, with one mistake."""
+    pre_norm = layer.normalize_before != (mistake == "ignores normalize_before")
+    attend = lambda q, k, v, m: layer.self_attn(q, k, v, m)[0]  # noqa: E731
+    x = layer.norm1(src) if pre_norm else src
+    q = k = x if mistake == "no pos" else x + pos
+    mask = {"no mask": None, "inverted mask": ~padding_mask}.get(mistake, padding_mask)
+    a = attend(q, k, x, mask)
+    if mistake == "in place":
+        src += a
+    else:
+        src = (src + pos if mistake == "pos in residual" else src) + a
+    src = src if pre_norm else layer.norm1(src)
+    x = layer.norm2(src) if pre_norm else src
+    hidden = layer.linear1(x) if mistake == "no relu" else F.relu(layer.linear1(x))
+    src = layer.linear2(hidden) + (0 if mistake == "no ffn residual" else src)
+    return src if pre_norm else layer.norm2(src)
+
+
+def test_encoder_layer_checker_names_each_mistake(capsys):
+    for wrong, words in (("ignores normalize_before", "normalize_before=False, but you computed pre-norm"),
+                         ("no pos", "add the position encoding"), ("no mask", "pass padding_mask"),
+                         ("inverted mask", "wrong way round"), ("pos in residual", "not to src + pos"),
+                         ("no ffn residual", "around the feed-forward block"), ("no relu", "ReLU"),
+                         ("in place", "changed its input (argument 2) in place")):
+        assert not check_encoder_layer(lambda *a: encoder_with(*a, mistake=wrong))
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, (wrong, out)
+    assert check_encoder_layer(lambda *a: encoder_with(*a, mistake=None))
+    assert capsys.readouterr().out.startswith("OK:")
+
+    def post_norm_only(layer, src, padding_mask, pos):   # right for post-norm, ignores normalize_before
+        return encoder_layer(layer.eval(), src, padding_mask, pos) if not layer.normalize_before else \
+            encoder_with(layer, src, padding_mask, pos, mistake="ignores normalize_before")
+
+    assert not check_encoder_layer(post_norm_only)
+    assert "normalize_before=True, but you computed post-norm" in capsys.readouterr().out
+
+    def no_index(layer, src, padding_mask, pos):         # forgets that attention returns (output, weights)
+        return layer.norm1(src + layer.self_attn(src + pos, src + pos, src, padding_mask))
+
+    assert not check_encoder_layer(no_index)
+    assert "take [0]" in capsys.readouterr().out
+
+
+def decoder_with(layer, tgt, memory, mask, pos, query_pos, *, mistake):
+    """One decoder layer written as a learner would, with one mistake."""
+    pre_norm = layer.normalize_before
+    if mistake != "no self-attention":
+        x = layer.norm1(tgt) if pre_norm else tgt
+        q = k = x if mistake == "self without query_pos" else x + query_pos
+        tgt = tgt + layer.self_attn(q, k, x + query_pos if mistake == "self values with query_pos" else x)[0]
+        tgt = tgt if pre_norm else layer.norm1(tgt)
+    x = layer.norm2(tgt) if pre_norm else tgt
+    q = x if mistake == "cross without query_pos" else x + query_pos
+    values = memory + pos if mistake == "values with pos" else memory
+    attended = layer.multihead_attn(q, memory + pos, values, None if mistake == "no mask" else mask)[0]
+    tgt = attended if mistake == "no cross residual" else tgt + attended
+    tgt = tgt if pre_norm else layer.norm2(tgt)
+    x = layer.norm3(tgt) if pre_norm else tgt
+    tgt = tgt + layer.linear2(F.relu(layer.linear1(x)))
+    return tgt if pre_norm else layer.norm3(tgt)
+
+
+def test_decoder_layer_checker_names_each_mistake(capsys):
+    for wrong, words in (("self without query_pos", "self-attention queries and keys"),
+                         ("self values with query_pos", "self-attention values are tgt itself"),
+                         ("cross without query_pos", "cross-attention queries too"),
+                         ("values with pos", "values are memory itself"), ("no mask", "pass memory_padding_mask"),
+                         ("no self-attention", "starts with self-attention"),
+                         ("no cross residual", "around the cross-attention")):
+        assert not check_decoder_layer(lambda *a: decoder_with(*a, mistake=wrong))
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and words in out, (wrong, out)
+    assert check_decoder_layer(lambda *a: decoder_with(*a, mistake=None))
+    assert capsys.readouterr().out.startswith("OK:")
+
+    def queries_from_memory(layer, tgt, memory, mask, pos, query_pos):   # cross-attention the wrong way round
+        return layer.multihead_attn(memory + pos, tgt + query_pos, tgt)[0]
+
+    assert not check_decoder_layer(queries_from_memory)
+    assert "one row per query" in capsys.readouterr().out

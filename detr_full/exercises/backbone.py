@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detr_full.backbone import FrozenBatchNorm2d
-from detr_full.exercises.checking import call, verdict, shape_problem
+from detr_full.exercises.checking import call, failure, mistake, shape_problem, verdict
 
 
 # ----------------------------------------------------------------------------- frozen BatchNorm
@@ -41,22 +41,47 @@ def check_frozen_batch_norm(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor
             getattr(ref, buffer).copy_(value)
         expected = ref(x)
         out, error = call(fn, x.clone(), weight.clone(), bias.clone(), mean.clone(), var.clone(), eps)
-        problem = error or shape_problem(out, tuple(x.shape))
+        if error:
+            return failure(error, "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with "
+                           "(C,) vectors viewed as (1, C, 1, 1).")
+        problem = shape_problem(out, tuple(x.shape))
         if problem:
             return verdict(False, f"{problem} Hint: y = (x - running_mean) / sqrt(running_var + eps) "
                             "* weight + bias, with (C,) vectors viewed as (1, C, 1, 1).")
-        if torch.allclose(out, expected, rtol=1e-5, atol=1e-4):
+        if torch.allclose(out.float(), expected, rtol=1e-5, atol=1e-4):
             continue
-        if torch.allclose(out[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-4):
-            hint = (f"right except channel 0, whose running_var is 1e-6: add eps (= {eps}) to the "
-                    "variance before the square root.")
-        elif torch.allclose(out.mean(dim=(0, 2, 3)), bias, atol=1e-3):   # the batch's mean was removed
-            hint = ("you normalised with the batch's own statistics. Frozen BN uses the stored "
-                    "running_mean and running_var, whatever the batch is.")
-        else:
-            hint = ("y = (x - running_mean) / sqrt(running_var + eps) * weight + bias; check the "
-                    "square root (var, not std) and the (1, C, 1, 1) broadcasting.")
-        return verdict(False, hint)
+
+        def frozen_bn(w: Tensor, b: Tensor, m: Tensor, std: Tensor) -> Tensor:
+            def per_channel(v: Tensor) -> Tensor:
+                return v[None, :, None, None]                              # (1, C, 1, 1)
+            return (x - per_channel(m)) / per_channel(std) * per_channel(w) + per_channel(b)
+
+        batch_mean, batch_var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+        hint = mistake(out, expected, [
+            (lambda: frozen_bn(weight, bias, mean, var.sqrt()),
+             f"right except where running_var is tiny (channel 0 has 1e-6): add eps (= {eps}) to the "
+             "variance before the square root."),
+            (lambda: frozen_bn(weight, bias, mean, var.sqrt() + eps),
+             "eps goes inside the square root: sqrt(running_var + eps), not sqrt(running_var) + eps."),
+            (lambda: frozen_bn(weight, bias, mean, var + eps),
+             "divide by the standard deviation sqrt(running_var + eps), not by the variance."),
+            (lambda: frozen_bn(weight, bias, batch_mean, (batch_var + eps).sqrt()),
+             "you normalised with the batch's own statistics. Frozen BN uses the stored running_mean "
+             "and running_var, whatever the batch is."),
+            (lambda: frozen_bn(bias, weight, mean, (var + eps).sqrt()),
+             "weight and bias are swapped: weight scales the normalised x, bias is added after."),
+            (lambda: frozen_bn(weight, bias, torch.zeros(c), (var + eps).sqrt()),
+             "subtract running_mean before dividing: (x - running_mean) / sqrt(running_var + eps)."),
+            (lambda: frozen_bn(torch.ones(c), bias, mean, (var + eps).sqrt()),
+             "multiply the normalised x by weight (the learned scale)."),
+            (lambda: frozen_bn(weight, torch.zeros(c), mean, (var + eps).sqrt()),
+             "add bias (the learned shift) at the end."),
+        ], rtol=1e-5, atol=1e-4)
+        if hint is None and torch.allclose(out.float().mean(dim=(0, 2, 3)), bias, atol=1e-3):
+            hint = ("you normalised with the batch's own statistics (its mean is removed). Frozen BN uses "
+                    "the stored running_mean and running_var, whatever the batch is.")
+        return verdict(False, hint or "y = (x - running_mean) / sqrt(running_var + eps) * weight + bias; "
+                       "check the square root (var, not std) and the (1, C, 1, 1) broadcasting.")
     return verdict(True, name)
 
 
@@ -70,7 +95,7 @@ def reference_downsample_mask(padding_mask: Tensor, size: tuple[int, int]) -> Te
 def _mask_cases() -> list[tuple[Tensor, tuple[int, int]]]:
     """Padded batches with the feature sizes a stride-32 or stride-16 backbone gives them."""
     cases = []
-    for image_sizes, stride in (([(96, 128), (128, 80)], 32), ([(100, 150), (70, 160), (130, 64)], 32),
+    for image_sizes, stride in (([(120, 128), (128, 80)], 32), ([(100, 150), (70, 160), (130, 64)], 32),
                                 ([(64, 96), (40, 100)], 16)):
         h_max, w_max = max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)
         mask = torch.ones(len(image_sizes), h_max, w_max, dtype=torch.bool)
@@ -84,22 +109,42 @@ def check_downsample_mask(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bo
     """fn(padding_mask (B, H, W) bool True on padding, size (h, w)) -> (B, h, w) bool, True where the
     feature cell is padding. Compared with what detr_full.backbone.Backbone does."""
     name = "matches the mask detr_full.backbone.Backbone returns"
+    interpolate_hint = ("F.interpolate wants a float (N, C, H, W) input, so add a dimension, convert, "
+                        "interpolate to `size`, then back to bool.")
     for mask, size in _mask_cases():
         out, error = call(fn, mask.clone(), size)
-        problem = error or shape_problem(out, (mask.shape[0], *size))
+        if error:
+            return failure(error, interpolate_hint)
+        batch, (h, w) = mask.shape[0], size
+        problem = shape_problem(out, (batch, h, w))
+        if problem and isinstance(out, Tensor):
+            if tuple(out.shape) == (batch, w, h):
+                problem = f"expected shape {(batch, h, w)}, got {tuple(out.shape)}: size is (h, w), height first."
+            elif tuple(out.shape) == (batch, -(-mask.shape[1] // 32), -(-mask.shape[2] // 32)):
+                problem = (f"expected shape {(batch, h, w)}, got {tuple(out.shape)}: go to the `size` you are "
+                           "given; the stride is not always 32 (DC5 gives 16).")
+            elif out.dim() == 4 and out.numel() == batch * h * w:
+                problem = (f"expected shape {(batch, h, w)}, got {tuple(out.shape)}: drop the dimension you "
+                           "added for F.interpolate ([0] or .squeeze()).")
         if problem:
-            return verdict(False, f"{problem} Hint: F.interpolate wants a float (N, C, H, W) "
-                            "input, so add a dimension, convert, interpolate to `size`, then back to bool.")
+            return verdict(False, f"{problem} Hint: {interpolate_hint}")
         expected = reference_downsample_mask(mask, size)
         if out.dtype != torch.bool:
             return verdict(False, f"return a bool tensor (True on padding), not {out.dtype}.")
         if torch.equal(out, expected):
             continue
-        if torch.equal(~out, expected):
-            hint = "the polarity is inverted: True must mean padding, as in the input mask."
-        else:
-            hint = ("use nearest interpolation (F.interpolate's default mode): feature cell i takes "
-                    "the mask value at pixel floor(i * H / h), like the features' own sampling grid.")
+        as_float = mask[:, None].float()                                   # (B, 1, H, W)
+        hint = mistake(out.float(), expected.float(), [
+            (lambda: ~expected, "the polarity is inverted: True must mean padding, as in the input mask."),
+            (lambda: F.adaptive_max_pool2d(as_float, size)[:, 0],
+             "pooling marks a cell as padding when any of its pixels is; Backbone samples one pixel per "
+             "cell instead, by nearest interpolation (F.interpolate's default mode)."),
+            (lambda: F.interpolate(as_float, size=size, mode="nearest-exact")[:, 0],
+             "you sampled each cell's centre (mode 'nearest-exact'); Backbone uses F.interpolate's default "
+             "'nearest', which takes pixel floor(i * H / h)."),
+        ], atol=0)
+        hint = hint or ("use nearest interpolation (F.interpolate's default mode): feature cell i takes "
+                        "the mask value at pixel floor(i * H / h), like the features' own sampling grid.")
         return verdict(False, f"for a {tuple(mask.shape)} mask and size {size}: {hint}")
     return verdict(True, name)
 
@@ -124,22 +169,34 @@ def check_feature_size(fn: Callable[[int, int, bool], tuple[int, int]]) -> bool:
     for height, width, dilation in cases:
         out, error = call(fn, height, width, dilation)
         if error:
-            return verdict(False, f"{error}.")
+            return failure(error, "5 stride-2 steps (4 with DC5), each n -> ceil(n / 2).")
         if out is None:
             return verdict(False, "the function returns None; return a pair (h, w).")
         try:
-            got = tuple(int(v) for v in out)
-        except (TypeError, ValueError):
+            values = [float(v) for v in out]
+        except (TypeError, ValueError, RuntimeError):
             return verdict(False, f"expected a pair of ints (h, w), got {out!r}.")
+        if len(values) != 2:
+            return verdict(False, f"expected a pair (h, w), got {len(values)} values: {out!r}.")
+        if not all(v.is_integer() for v in values):
+            return verdict(False, f"for {height}x{width} you returned {out!r}: a feature map has a whole number "
+                            "of cells; each stride-2 layer rounds n / 2 up (ceil).")
+        got = tuple(int(v) for v in values)
         expected = reference_feature_size(height, width, dilation)
         if got == expected:
             continue
         stride = 16 if dilation else 32
         if got == (height // stride, width // stride):
-            hint = ("the stride-2 layers pad their input, so each one rounds up: n -> ceil(n / 2). "
-                    f"A {height} px side gives ceil({height} / {stride}) = {expected[0]}.")
+            side, cells = (height, expected[0]) if got[0] != expected[0] else (width, expected[1])
+            hint = ("the stride-2 layers pad their input, so each one rounds up, n -> ceil(n / 2): take the "
+                    f"ceiling, not the floor or the nearest integer. {side} px give ceil({side} / {stride}) "
+                    f"= {cells} cells.")
         elif dilation and got == reference_feature_size(height, width, False):
             hint = "with dilation=True (DC5) layer4 keeps its input size: the output stride is 16, not 32."
+        elif got == (math.ceil(height / (32 if dilation else 16)), math.ceil(width / (32 if dilation else 16))):
+            hint = "dilation is the other way round: without it the stride is 32, with DC5 (dilation=True) 16."
+        elif dilation and got == (math.ceil(height / 8), math.ceil(width / 8)):
+            hint = "DC5 dilates layer4 only: the output stride is 16 (one stride-2 step fewer), not 8."
         elif got == expected[::-1]:
             hint = "height and width are swapped: return (h, w)."
         else:

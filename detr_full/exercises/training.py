@@ -16,7 +16,9 @@ Dimension key: B batch, Q queries, K = num_classes + 1 (the last logit is "no ob
 
 from __future__ import annotations
 
+import copy
 import math
+import re
 from typing import Any, Callable, Optional
 
 import torch
@@ -27,7 +29,7 @@ from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
 from detr_full.detr import loss_weights
 from detr_full.matcher import HungarianMatcher
-from detr_full.exercises.checking import call, verdict
+from detr_full.exercises.checking import call, failure, mistake, verdict
 
 
 def _number(x: Any) -> Optional[float]:
@@ -49,6 +51,8 @@ def check_loss_weights(fn: Callable[[int, float, float, bool], dict]) -> bool:
     decoder layers i = 0 .. dec_layers - 2 (the last layer's readout has no suffix).
     """
     name = "the weight_dict with its auxiliary `_i` copies matches detr_full.detr.loss_weights"
+    final_terms = ("loss_ce", "loss_bbox", "loss_giou")
+    aux_key = re.compile(r"^loss_(ce|bbox|giou)_(\d+)$")
     for dec_layers, bbox, giou, aux in [(6, 5.0, 2.0, True), (3, 5.0, 2.0, True), (2, 1.5, 4.0, True),
                                         (1, 5.0, 2.0, True), (6, 5.0, 2.0, False)]:
         expected = loss_weights(DETRConfig(dec_layers=dec_layers, bbox_loss_coef=bbox, giou_loss_coef=giou,
@@ -56,20 +60,43 @@ def check_loss_weights(fn: Callable[[int, float, float, bool], dict]) -> bool:
         out, error = call(fn, dec_layers, bbox, giou, aux)
         case = f"dec_layers={dec_layers}, aux_loss={aux}"
         if error:
-            return verdict(False, f"{error}. Hint: start from the three final-layer terms, then add "
-                            "`f'{k}_{i}'` copies for i in range(dec_layers - 1).")
+            hint = ("start from the three final-layer terms, then add `f'{k}_{i}'` copies for i in "
+                    "range(dec_layers - 1).")
+            if "changed size during iteration" in error:
+                hint = ("a dict can't grow while you loop over it: loop over a copy, "
+                        "`for k, v in list(weights.items())`, or build the copies in a new dict first.")
+            return failure(error, hint)
         if not isinstance(out, dict):
             return verdict(False, f"expected a dict, got {type(out).__name__} ({case}).")
         missing = sorted(set(expected) - set(out))
-        extra = sorted(set(out) - set(expected))
+        extra = sorted(set(out) - set(expected), key=str)
         if missing or extra:
             hint = f"for {case} the keys differ: missing {missing[:4]}, unexpected {extra[:4]}."
-            if any(k.endswith(f"_{dec_layers - 1}") for k in extra):
+            extra_layers = sorted({int(m.group(2)) for k in extra if isinstance(k, str) and (m := aux_key.match(k))})
+            missing_layers = sorted({int(m.group(2)) for k in missing if (m := aux_key.match(k))})
+            if not aux and extra_layers:
+                hint += " With aux_loss=False there are no `_i` copies: only the final-layer terms."
+            elif any(k in extra for k in ("class_error", "cardinality_error")):
+                hint += (" class_error and cardinality_error are logged, never weighted: they are not in the "
+                         "weight_dict.")
+            elif extra and not extra_layers:
+                hint += " Name the copies f'{k}_{i}', e.g. loss_bbox_0 for decoder layer 0."
+            elif 0 in missing_layers and dec_layers - 1 in extra_layers:
+                hint += " Number the auxiliary layers from 0: suffixes _0 .. _{dec_layers - 2}."
+            elif dec_layers - 1 in extra_layers:
                 hint += " The last decoder layer is the main readout (no suffix): aux indices stop at dec_layers - 2."
+            elif missing_layers == [dec_layers - 2]:
+                hint += (" One copy per decoder layer except the last: i in range(dec_layers - 1), so the last "
+                         "suffix is dec_layers - 2.")
+            elif any(k in missing for k in final_terms):
+                hint += " The final-layer terms loss_ce, loss_bbox and loss_giou keep their names, without suffix."
             return verdict(False, hint)
         wrong = [k for k in expected if _number(out[k]) is None or not math.isclose(_number(out[k]), expected[k])]
         if wrong:
             k = wrong[0]
+            if k in final_terms:
+                return verdict(False, f"for {case}, {k} has weight {out[k]!r}, expected {expected[k]}: loss_ce "
+                                "weighs 1, loss_bbox bbox_loss_coef and loss_giou giou_loss_coef.")
             return verdict(False, f"for {case}, {k} has weight {out[k]!r}, expected {expected[k]}: "
                             "every auxiliary copy keeps the weight of its final-layer term.")
     return verdict(True, name)
@@ -93,6 +120,12 @@ def _error_cases() -> list[tuple[dict, list[dict]]]:
     boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]]])
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]])}]
     cases.append(({"pred_logits": logits, "pred_boxes": boxes}, targets))
+    # By hand: by their boxes, queries 0, 1, 2 match targets 1, 0, 2, and all three are classified right.
+    logits = torch.tensor([[[0.0, 0, 5, 0, 0], [0, 5, 0, 0, 0], [0, 0, 0, 5, 0], [0, 0, 0, 0, 5]]])  # (1, 4, 5)
+    boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2], [0.3, 0.7, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2]]])
+    targets = [{"labels": torch.tensor([1, 2, 3]),
+                "boxes": torch.tensor([[0.7, 0.7, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2], [0.3, 0.7, 0.2, 0.2]])}]
+    cases.append(({"pred_logits": logits, "pred_boxes": boxes}, targets))
     return cases
 
 
@@ -109,26 +142,64 @@ def check_class_error(fn: Callable[[Tensor, list[dict], list[tuple[Tensor, Tenso
     """
     name = "class_error matches detr_full.criterion.SetCriterion"
     criterion = _criterion()
-    for outputs, targets in _error_cases():
+    cases = _error_cases()
+    # A last batch without any target, so nothing is matched: the contract says 100.
+    cases.append((cases[0][0], [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}] * 3))
+    for outputs, targets in cases:
         indices = criterion.matcher(outputs, targets)
         expected = float(criterion(outputs, targets)["class_error"])
-        out, error = call(fn, outputs["pred_logits"].clone(), targets, indices)
+        logits = outputs["pred_logits"]
+        out, error = call(fn, logits.clone(), targets, indices)
+        nothing_matched = sum(len(q) for q, _ in indices) == 0
         if error:
-            return verdict(False, f"{error}. Hint: gather logits[b, query_idx] and labels[target_idx] "
-                            "for every image, then compare argmax(-1) with the labels.")
+            return failure(error, "when nothing is matched, return 100 (SetCriterion's convention)."
+                           if nothing_matched else "gather logits[b, query_idx] and labels[target_idx] for "
+                           "every image, then compare argmax(-1) with the labels.")
         value = _number(out)
         if value is None:
             return verdict(False, f"expected a number (float or 0-d tensor), got {type(out).__name__}.")
         if math.isclose(value, expected, abs_tol=1e-3):
             continue
-        if math.isclose(value, 100 - expected, abs_tol=1e-3):
-            return verdict(False, "you returned the accuracy; class_error is 100 - accuracy.")
-        if math.isclose(value * 100, expected, abs_tol=1e-3):
-            return verdict(False, "class_error is in percent (0..100), not a fraction.")
-        return verdict(False, f"got {value:.3f}, expected {expected:.3f}. Only the matched queries count "
-                        "(the no-object ones are not classified), pooled over the whole batch; the "
-                        "argmax runs over all K logits, no-object included.")
+        if nothing_matched:
+            got = "NaN (the mean of an empty tensor)" if math.isnan(value) else f"{value:g}"
+            return verdict(False, f"with no targets in the batch nothing is matched: you returned {got}, "
+                            "expected 100. Return 100 when there is nothing to classify, as SetCriterion does "
+                            "(every such batch counts as all wrong).")
+        predicted = [logits[b, q].argmax(-1) for b, (q, _) in enumerate(indices)]
+        labels = [t["labels"][j] for t, (_, j) in zip(targets, indices)]
+
+        def error_rate(correct: Tensor) -> Tensor:
+            return 100 - 100 * correct.float().mean()
+
+        named = mistake(torch.tensor(value), torch.tensor(expected), [
+            # before the accuracy: on the hand-made case where every argmax is "no object" the two coincide
+            (lambda: error_rate(torch.cat([logits[b, q, :-1].argmax(-1) for b, (q, _) in enumerate(indices)])
+                                == torch.cat(labels)),
+             "the argmax runs over all K logits, no-object included: a matched query that predicts "
+             "\"no object\" is a classification error."),
+            (lambda: 100 - expected, "you returned the accuracy; class_error is 100 - accuracy."),
+            (lambda: expected / 100, "class_error is in percent (0..100), not a fraction."),
+            (lambda: torch.stack([error_rate(p == l) for p, l in zip(predicted, labels) if len(l)]).mean(),
+             "pool the matched queries of the whole batch, then take one rate: averaging per-image rates "
+             "weighs an image with one object like one with ten."),
+            (lambda: error_rate(torch.cat(predicted) == torch.cat([t["labels"] for t in targets])),
+             "compare each query with the label of the target it is matched to, labels[target_idx], in the "
+             "matcher's order."),
+            (lambda: error_rate(logits.argmax(-1) == _target_classes(logits, targets, indices)),
+             "only the matched queries count: the unmatched ones (no object) are not classified here."),
+        ])
+        return verdict(False, named or f"got {value:.3f}, expected {expected:.3f}. Only the matched queries "
+                       "count (the no-object ones are not classified), pooled over the whole batch; the argmax "
+                       "runs over all K logits, no-object included.")
     return verdict(True, name)
+
+
+def _target_classes(logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """(B, Q) int64: every query's class, "no object" (K - 1) where unmatched."""
+    target_classes = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.int64)
+    for b, (q, j) in enumerate(indices):
+        target_classes[b, q] = targets[b]["labels"][j]
+    return target_classes
 
 
 def check_cardinality_error(fn: Callable[[Tensor, list[dict]], Any]) -> bool:
@@ -143,22 +214,41 @@ def check_cardinality_error(fn: Callable[[Tensor, list[dict]], Any]) -> bool:
         expected = float(criterion(outputs, targets)["cardinality_error"])
         out, error = call(fn, outputs["pred_logits"].clone(), targets)
         if error:
-            return verdict(False, f"{error}. Hint: count per image the queries whose argmax is not the "
-                            "last index, subtract len(labels), take the absolute value, average.")
+            hint = ("count per image the queries whose argmax is not the last index, subtract len(labels), "
+                    "take the absolute value, average.")
+            if "dtype" in error:
+                hint = "counts are integers: convert them with .float() before averaging."
+            return failure(error, hint)
         value = _number(out)
         if value is None:
             return verdict(False, f"expected a number (float or 0-d tensor), got {type(out).__name__}.")
         if math.isclose(value, expected, abs_tol=1e-4):
             continue
-        logits = outputs["pred_logits"]
-        predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
-        counts = torch.tensor([float(len(t["labels"])) for t in targets])
-        if math.isclose(value, float((predicted - counts).abs().sum()), abs_tol=1e-4):
-            return verdict(False, "average over the images of the batch, don't sum.")
-        if math.isclose(value, abs(float(predicted.sum() - counts.sum())) / len(targets), abs_tol=1e-4):
-            return verdict(False, "take the absolute difference per image before averaging.")
-        return verdict(False, f"got {value:.3f}, expected {expected:.3f}. A query predicts an object "
-                        "when its argmax is not the last logit (no object); no matching is involved.")
+        logits = outputs["pred_logits"]                                                # (B, Q, K)
+        no_object = logits.shape[-1] - 1
+        counts = torch.tensor([float(len(t["labels"])) for t in targets])             # (B,)
+
+        def error_of(predicted: Tensor) -> Tensor:
+            return (predicted.float() - counts).abs().mean()
+
+        predicted = (logits.argmax(-1) != no_object).sum(1).float()                   # (B,)
+        named = mistake(torch.tensor(value), torch.tensor(expected), [
+            (lambda: (predicted - counts).abs().sum(), "average over the images of the batch, don't sum."),
+            (lambda: abs(float(predicted.sum() - counts.sum())) / len(targets),
+             "take the absolute difference per image before averaging."),
+            (lambda: (predicted - counts).mean(), "take the absolute difference per image: |predicted - "
+                                                  "targets|, so that too many and too few don't cancel out."),
+            (lambda: error_of((logits.argmax(-1) == no_object).sum(1)),
+             "count the queries that predict an object, whose argmax is NOT the last logit (no object)."),
+            (lambda: error_of((logits.argmax(-1) != 0).sum(1)),
+             "\"no object\" is the last logit (index K - 1 = num_classes), not index 0."),
+            (lambda: error_of((logits.softmax(-1)[..., :-1].max(-1).values > 0.7).sum(1)),
+             "a query predicts an object when its argmax is not \"no object\": no score threshold."),
+            (lambda: error_of((logits.softmax(-1)[..., :-1].max(-1).values > 0.5).sum(1)),
+             "a query predicts an object when its argmax is not \"no object\": no score threshold."),
+        ], atol=1e-4)
+        return verdict(False, named or f"got {value:.3f}, expected {expected:.3f}. A query predicts an object "
+                       "when its argmax is not the last logit (no object); no matching is involved.")
     return verdict(True, name)
 
 
@@ -186,13 +276,22 @@ def check_step_lr(fn: Callable[[int, float, int], Any]) -> bool:
         expected = _step_lr_reference(epoch, lr, lr_drop)
         out, error = call(fn, epoch, lr, lr_drop)
         if error:
-            return verdict(False, f"{error}. Hint: count how many drops happened before this epoch.")
+            return failure(error, "count how many drops happened before this epoch.")
         value = _number(out)
         if value is None:
             return verdict(False, f"expected a number, got {type(out).__name__}.")
         if not math.isclose(value, expected, rel_tol=1e-6):
             hint = f"epoch {epoch} with lr={lr}, lr_drop={lr_drop}: got {value:.3g}, expected {expected:.3g}."
-            if epoch == lr_drop:
+            named = mistake(torch.tensor(value, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64), [
+                (lambda: lr * 0.1 ** (epoch / lr_drop),
+                 "The lr drops in steps, not smoothly: count whole drops with integer division, epoch // lr_drop."),
+                (lambda: lr * 0.1 if epoch >= lr_drop else lr,
+                 "StepLR drops every lr_drop epochs, not once: after 2 * lr_drop epochs the lr is lr / 100."),
+                (lambda: lr * 0.5 ** (epoch // lr_drop), "Each drop divides the lr by 10 (gamma = 0.1), not by 2."),
+            ], rtol=1e-6, atol=0)
+            if named:
+                hint += " " + named
+            elif epoch == lr_drop:
                 hint += " The drop happens after epoch lr_drop - 1, so epoch lr_drop already uses lr / 10."
             elif epoch == lr_drop - 1:
                 hint += " Epoch lr_drop - 1 (0-based) still trains with the full lr."
@@ -214,40 +313,76 @@ class _Heads(torch.nn.Module):
         self.query_embed = torch.nn.Embedding(num_queries, hidden_dim)
 
 
-def _tiny_models() -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The pretrained model (19 classes, 10 queries) and yours (4 classes, 8 queries)."""
+def _finetune_cases() -> list[tuple[str, dict[str, Tensor], torch.nn.Module]]:
+    """(case, pretrained checkpoint, your fresh model): all weights random, the model's unlike the
+    checkpoint's, so the checker sees whose tensors come back."""
     with torch.random.fork_rng():  # leave the notebook's random stream untouched
         torch.manual_seed(0)
-        return _Heads(num_classes=19, num_queries=10), _Heads(num_classes=4, num_queries=8)
+        pretrained = _Heads(num_classes=19, num_queries=10)
+        other_classes, same_classes = _Heads(num_classes=4, num_queries=8), _Heads(num_classes=19, num_queries=8)
+    checkpoint = pretrained.state_dict()
+    checkpoint["some_extra_head.weight"] = torch.zeros(3)      # a key these models do not have
+    return [("4 classes and 8 queries instead of 19 and 10", checkpoint, other_classes),
+            ("the same 19 classes, 8 queries instead of 10", checkpoint, same_classes)]
 
 
 def check_finetune_filter(fn: Callable[[dict, dict], Any]) -> bool:
     """fn(checkpoint_state_dict, model_state_dict) -> dict of the checkpoint entries to load.
 
-    Compared with `load_model_weights(model, state_dict, finetune=True)`: keep an entry when the
-    model has the same key with the same shape; everything else (a class head sized for other
-    classes, other queries, keys the model lacks) is dropped and keeps its fresh initialisation.
+    Compared with `load_model_weights(model, state_dict, finetune=True)`: keep an entry, with the
+    checkpoint's tensor, when the model has the same key with the same shape; everything else (a class
+    head sized for other classes, other queries, keys the model lacks) is dropped and keeps its fresh
+    initialisation. Prints OK or a hint.
     """
     name = "the kept entries match load_model_weights(..., finetune=True)"
-    pretrained, mine = _tiny_models()
-    checkpoint = pretrained.state_dict()
-    checkpoint["some_extra_head.weight"] = torch.zeros(3)      # a key this model does not have
-    dropped = set(load_model_weights(mine, dict(checkpoint), finetune=True))
-    expected = {k for k in checkpoint if k not in dropped}
-    out, error = call(fn, dict(checkpoint), mine.state_dict())
-    if error:
-        return verdict(False, f"{error}. Hint: {{k: v for k, v in checkpoint.items() if k in model_sd "
-                        "and v.shape == model_sd[k].shape}}.")
-    if not isinstance(out, dict):
-        return verdict(False, f"expected a dict of the entries to load, got {type(out).__name__}.")
-    kept = set(out)
-    if kept == expected:
-        return verdict(True, name)
-    if "class_embed.weight" in kept or "query_embed.weight" in kept:
-        return verdict(False, "class_embed / query_embed have other shapes in your model (other "
-                        "num_classes / num_queries): compare shapes, not only keys.")
-    if "some_extra_head.weight" in kept:
-        return verdict(False, "keep only keys the model has: load_state_dict(strict=False) would "
-                        "ignore an extra key, but it is not loaded either.")
-    lost = sorted(expected - kept)
-    return verdict(False, f"{len(lost)} entries that fit were dropped, e.g. {lost[:3]}.")
+    for case, checkpoint, model in _finetune_cases():
+        model_sd = model.state_dict()
+        dropped = set(load_model_weights(copy.deepcopy(model), dict(checkpoint), finetune=True))
+        expected = {k for k in checkpoint if k not in dropped}
+        misfits = {k for k in checkpoint if k in model_sd and checkpoint[k].shape != model_sd[k].shape}
+        out, error = call(fn, dict(checkpoint), {k: v.clone() for k, v in model_sd.items()})
+        if error:
+            return failure(error, "{k: v for k, v in checkpoint.items() if k in model_sd and "
+                           "v.shape == model_sd[k].shape}.")
+        if isinstance(out, (list, tuple, set)) and all(isinstance(k, str) for k in out):
+            return verdict(False, "return a dict {key: tensor} of the entries to load, not only their keys.")
+        if not isinstance(out, dict):
+            return verdict(False, f"expected a dict of the entries to load, got {type(out).__name__}.")
+        kept = set(out)
+
+        def same(a: Any, b: Tensor) -> bool:
+            return isinstance(a, Tensor) and a.shape == b.shape and torch.equal(a, b)
+
+        from_model = sorted(k for k in kept & set(model_sd) if same(out[k], model_sd[k])
+                            and not (k in checkpoint and same(out[k], checkpoint[k])))
+        if kept == expected | misfits and from_model and set(from_model) >= misfits:
+            return verdict(False, "return only the checkpoint entries that fit: class_embed and query_embed "
+                            "keep their fresh initialisation by not being in the dict, not by sending the "
+                            "model's own tensors back.")
+        if from_model:
+            return verdict(False, f"{from_model[0]} holds the model's own (freshly initialised) tensor; return "
+                            "the checkpoint's, checkpoint_state_dict[k], or the pretrained weights never load.")
+        if kept == misfits:
+            return verdict(False, "the condition is the wrong way round: keep the entries whose shape matches "
+                            "the model's, drop the ones that differ.")
+        if kept & misfits:
+            return verdict(False, f"{sorted(kept & misfits)[0]} has another shape in your model ({case}): "
+                            "compare shapes, not only keys.")
+        if "some_extra_head.weight" in kept:
+            return verdict(False, "keep only keys the model has: load_state_dict(strict=False) would "
+                            "ignore an extra key, but it is not loaded either.")
+        unknown = sorted(kept - set(checkpoint), key=str)
+        if unknown:
+            return verdict(False, f"{unknown[0]} is not in the checkpoint: return checkpoint entries only.")
+        lost = sorted(expected - kept)
+        if lost:
+            same_shape_heads = [k for k in lost if k.startswith(("class_embed", "query_embed"))]
+            if same_shape_heads:
+                return verdict(False, f"{same_shape_heads[0]} has the same shape in this model ({case}): keep "
+                                "it. Decide by shape, not by name.")
+            return verdict(False, f"{len(lost)} entries that fit were dropped ({case}), e.g. {lost[:3]}.")
+        changed = sorted(k for k in kept if not same(out[k], checkpoint[k]))
+        if changed:
+            return verdict(False, f"{changed[0]} is not the checkpoint's tensor: return the entries as they are "
+                            "in checkpoint_state_dict.")
+    return verdict(True, name)

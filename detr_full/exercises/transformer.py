@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from detr_full.transformer import MultiheadAttention, TransformerDecoderLayer, TransformerEncoderLayer
-from detr_full.exercises.checking import call, verdict, close
+from detr_full.exercises.checking import STUB, call, close, failure, mistake, verdict
 
 AttentionFn = Callable[..., tuple[Tensor, Tensor]]
 
@@ -44,14 +45,77 @@ def _attention_case(d: int, heads: int, lq: int, lk: int, masked: bool, self_att
     key = query if self_attention else torch.randn(2, lk, d, generator=g)
     value = torch.randn(2, key.shape[1], d, generator=g)
     mask = None
-    if masked:
+    if masked:  # every image has padding and real keys, so a mask used the wrong way round shows
         mask = torch.zeros(2, key.shape[1], dtype=torch.bool)
-        mask[1, key.shape[1] // 2:] = True  # image 1: the second half of its keys is padding
+        mask[0, -1:] = True                  # image 0: its last key is padding
+        mask[1, key.shape[1] // 2:] = True   # image 1: the second half of its keys is padding
     with torch.no_grad():
         out, weights = ref(query, key, value, mask)
     args = (query, key, value, ref.in_proj_weight.detach(), ref.in_proj_bias.detach(),
             ref.out_proj.weight.detach(), ref.out_proj.bias.detach(), heads)
     return args, mask, out, weights
+
+
+def _attention_mistake(args: tuple, mask: Optional[Tensor], how: str) -> tuple[Tensor, Tensor]:
+    """(output, weights) of multi-head attention with one likely mistake `how`, to name it in a hint."""
+    query, key, value, w_in, b_in, w_out, b_out, heads = args
+    (b, lq, d), dh = query.shape, query.shape[-1] // heads
+    if how == "no_in_bias":
+        b_in = torch.zeros_like(b_in)
+    (w_q, w_k, w_v), (b_q, b_k, b_v) = w_in.chunk(3), b_in.chunk(3)
+
+    def project(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+        return (x @ w if how == "w_not_transposed" else x @ w.T) + bias
+
+    def split(x: Tensor) -> Tensor:                                          # (B, L, D) -> (B, H, L, D/H)
+        if how == "split_no_transpose":
+            return x.reshape(b, heads, x.shape[1], dh)
+        return x.view(b, x.shape[1], heads, dh).transpose(1, 2)
+
+    q, k, v = split(project(query, w_q, b_q)), split(project(key, w_k, b_k)), split(project(value, w_v, b_v))
+    scale = {"no_scale": 1.0, "scale_d": d ** 0.5, "scale_no_sqrt": float(dh)}.get(how, dh ** 0.5)
+    scores = q @ k.transpose(-2, -1) / scale                                 # (B, H, Lq, Lk)
+    if mask is not None and how != "no_mask":
+        padded = (~mask if how == "mask_inverted" else mask)[:, None, None, :]  # (B, 1, 1, Lk)
+        if how == "mask_zero":
+            scores = scores.masked_fill(padded, 0.0)
+        elif how != "mask_after_softmax":
+            scores = scores.masked_fill(padded, float("-inf"))
+    attn = scores.softmax(-2 if how == "softmax_queries" else -1)
+    if how == "mask_after_softmax":
+        attn = attn.masked_fill(mask[:, None, None, :], 0.0)
+    weights = attn.sum(1) if how == "sum_heads" else attn.mean(1)          # (B, Lq, Lk)
+    out = attn @ v                                                           # (B, H, Lq, D/H)
+    out = out.reshape(b, lq, d) if how == "merge_no_transpose" else out.transpose(1, 2).reshape(b, lq, d)
+    return (out if how == "no_out_proj" else out @ w_out.T + b_out), weights
+
+
+_WEIGHT_MISTAKES = [
+    ("w_not_transposed", "project with F.linear(x, W_q, b_q), i.e. x @ W_q.T + b_q: nn.Linear's weight is "
+                         "(out_features, in_features), so use its transpose."),
+    ("no_in_bias", "add the in_proj biases (the three blocks of in_proj_bias) to the projections."),
+    ("no_scale", "scale the scores by 1 / sqrt(D/H) (the head size) before the softmax."),
+    ("scale_d", "scale by 1/sqrt(D/H), the head size, not by 1/sqrt(D): each head's dot product sums D/H "
+                "terms."),
+    ("scale_no_sqrt", "scale by 1/sqrt(D/H), the square root of the head size, not by 1/(D/H)."),
+    ("softmax_queries", "the softmax runs over the keys (the last dim), so each query's weights sum to 1."),
+    ("split_no_transpose", "split the heads as (B, L, D) -> (B, L, H, D/H), then transpose to (B, H, L, D/H); "
+                           "reshaping (B, L, D) straight to (B, H, L, D/H) mixes positions and features."),
+    ("sum_heads", "average the weights over the heads (mean over dim 1), don't sum them."),
+    ("no_mask", "padded keys (True in key_padding_mask) must get -inf scores before the softmax, so their "
+                "weight is exactly 0; broadcast the mask (B, Lk) to (B, 1, 1, Lk)."),
+    ("mask_inverted", "the mask is the wrong way round: True in key_padding_mask marks padding, the keys to "
+                      "hide (masked_fill(mask, -inf)), not the real ones."),
+    ("mask_zero", "fill the padded keys' scores with float('-inf'), not 0: exp(0) = 1 still gives them weight."),
+    ("mask_after_softmax", "mask the scores before the softmax (-inf), not the weights after it: zeroing "
+                           "weights afterwards leaves rows that no longer sum to 1."),
+]
+_OUTPUT_MISTAKES = [
+    ("merge_no_transpose", "merge the heads back with a transpose first: (B, H, Lq, D/H) -> (B, Lq, H, D/H) "
+                           "-> (B, Lq, D); a reshape alone mixes heads and positions."),
+    ("no_out_proj", "apply the output projection to the merged heads: F.linear(out, out_proj_weight, "
+                    "out_proj_bias)."),
+]
 
 
 def check_multi_head_attention(fn: AttentionFn) -> bool:
@@ -81,19 +145,30 @@ def check_multi_head_attention(fn: AttentionFn) -> bool:
         args, mask, out_ref, w_ref = _attention_case(**kw, seed=seed)
         result, error = call(fn, *args, key_padding_mask=mask)
         if error:
-            return verdict(False, error)
+            return failure(error, "" if error == STUB else hint)
         if not (isinstance(result, tuple) and len(result) == 2):
             return verdict(False, "return a pair (output (B, Lq, D), weights (B, Lq, Lk)).")
         out, weights = result
         bad_shape = _shape_hint("weights", weights, w_ref) or _shape_hint("output", out, out_ref)
+        if bad_shape and isinstance(weights, Tensor):
+            b, lq, lk = w_ref.shape
+            if tuple(weights.shape) == (b, kw["heads"], lq, lk):
+                bad_shape += " Average the weights over the heads: weights.mean(1)."
+            elif tuple(weights.shape) == (b, lq, lq) and lq != lk:
+                bad_shape += (" The keys and values come from the `key` and `value` arguments, not from "
+                              "`query` (this is cross-attention).")
         if bad_shape:
             return verdict(False, f"[{name}] {bad_shape}")
         if not close(weights, w_ref):
-            return verdict(False, f"[{name}] the attention weights differ: {hint}")
+            named = mistake(weights, w_ref, [(lambda how=how: _attention_mistake(args, mask, how)[1], why)
+                                             for how, why in _WEIGHT_MISTAKES])
+            return verdict(False, f"[{name}] the attention weights differ: {named or hint}")
         if not close(out, out_ref):
-            return verdict(False, f"[{name}] the weights are right but the output differs: per head, "
-                                   "weights @ v (B, H, Lq, D/H); merge the heads back to (B, Lq, D) "
-                                   "(transpose, then reshape), then apply out_proj.")
+            named = mistake(out, out_ref, [(lambda how=how: _attention_mistake(args, mask, how)[0], why)
+                                           for how, why in _OUTPUT_MISTAKES])
+            return verdict(False, f"[{name}] the weights are right but the output differs: " + (
+                named or "per head, weights @ v (B, H, Lq, D/H); merge the heads back to (B, Lq, D) "
+                         "(transpose, then reshape), then apply out_proj."))
     return verdict(True, "your attention matches detr_full.transformer.MultiheadAttention "
                           "(heads, scaling, padding mask, output projection).")
 
@@ -107,18 +182,53 @@ def _randomised(layer: torch.nn.Module, seed: int) -> torch.nn.Module:
     return layer.eval()
 
 
-def _encoder_variant(layer: TransformerEncoderLayer, src: Tensor, mask: Tensor, pos: Tensor, how: str) -> Tensor:
-    """Common mistakes, to name them in the hints."""
-    attn = layer.self_attn
-    if how == "pos_in_values":
-        x = src + pos
-        src = layer.norm1(src + attn(x, x, x, mask)[0])
-    elif how == "no_pos":
-        src = layer.norm1(src + attn(src, src, src, mask)[0])
-    elif how == "no_mask":
-        x = src + pos
-        src = layer.norm1(src + attn(x, x, src, None)[0])
-    return layer.norm2(src + layer._ffn(src))
+def _ffn(layer: torch.nn.Module, x: Tensor, how: str) -> Tensor:
+    hidden = layer.linear1(x)
+    return layer.linear2(hidden if how == "no_relu" else F.relu(hidden))
+
+
+def _encoder_mistake(layer: TransformerEncoderLayer, src: Tensor, mask: Tensor, pos: Tensor, how: str) -> Tensor:
+    """One encoder layer's forward with one likely mistake `how`, to name it in a hint."""
+    pre_norm = layer.normalize_before != (how == "other_norm")
+    x = layer.norm1(src) if pre_norm else src
+    q = k = x if how == "no_pos" else x + pos
+    v = x + pos if how == "pos_in_values" else x
+    attended = layer.self_attn(q, k, v, {"no_mask": None, "mask_inverted": ~mask}.get(how, mask))[0]
+    residual = None if how == "no_attn_residual" else (src + pos if how == "pos_in_residual" else src)
+    src = attended if residual is None else residual + attended
+    src = src if pre_norm else layer.norm1(src)
+    x = layer.norm2(src) if pre_norm else src
+    src = _ffn(layer, x, how) + (0 if how == "no_ffn_residual" else src)
+    return src if pre_norm else layer.norm2(src)
+
+
+_ENCODER_MISTAKES = [
+    ("other_norm", "this layer has normalize_before={pre_norm}, but you computed {other}: read "
+                   "layer.normalize_before. {formula}"),
+    ("pos_in_values", "add pos to the queries and keys only; the values are src itself."),
+    ("no_pos", "add the position encoding pos to the queries and keys."),
+    ("no_mask", "pass padding_mask to self_attn as the key padding mask."),
+    ("mask_inverted", "the mask is the wrong way round: padding_mask is True on padding, the keys to hide; "
+                      "pass it as it is."),
+    ("pos_in_residual", "the residual adds the attention output to src, not to src + pos: pos only enters "
+                        "the attention's queries and keys."),
+    ("no_attn_residual", "keep the residual connection around the attention: src + attn(...)."),
+    ("no_ffn_residual", "keep the residual connection around the feed-forward block: src + ffn(...)."),
+    ("no_relu", "the feed-forward block is linear2(relu(linear1(x))): a ReLU between the two linears."),
+]
+
+
+def _nan_hint(got: Tensor) -> Optional[str]:
+    if torch.isnan(got).any():
+        return ("the output has NaN: a query whose keys are all masked gets a softmax over nothing. Is the "
+                "mask the wrong way round? True marks padding, and only padded keys are hidden.")
+    return None
+
+
+def _attention_error_hint(error: str) -> str:
+    if "tuple" in error:
+        return "the attention modules return a pair (output, weights): take [0]."
+    return ""
 
 
 def check_encoder_layer(fn: Callable[..., Tensor]) -> bool:
@@ -132,34 +242,75 @@ def check_encoder_layer(fn: Callable[..., Tensor]) -> bool:
     src, pos = torch.randn(2, 7, 16, generator=g), torch.randn(2, 7, 16, generator=g)
     mask = torch.zeros(2, 7, dtype=torch.bool)
     mask[1, 4:] = True
+    formulas = {
+        True: "pre-norm normalises before each sub-layer: x = norm1(src); src = src + attn(x + pos, "
+              "x + pos, x); then src = src + ffn(norm2(src)), with no norm after the residual sum.",
+        False: "post-norm: src = norm1(src + attn(src + pos, src + pos, src)); "
+               "then norm2(src + linear2(relu(linear1(src)))).",
+    }
+    kinds = {True: "pre-norm", False: "post-norm"}
     for pre_norm in (False, True):
         layer = _randomised(TransformerEncoderLayer(16, 4, 32, dropout=0.0, normalize_before=pre_norm), 1)
         with torch.no_grad():
             want = layer(src, mask, pos)
         got, error = call(fn, layer, src, mask, pos)
         if error:
-            return verdict(False, error)
+            return failure(error, _attention_error_hint(error))
         bad_shape = _shape_hint("the output", got, want)
         if bad_shape:
             return verdict(False, bad_shape)
         if close(got, want):
             continue
-        kind = "pre-norm" if pre_norm else "post-norm"
-        if not pre_norm:
-            with torch.no_grad():
-                for how, hint in (
-                        ("pos_in_values", "add pos to the queries and keys only; the values are src itself."),
-                        ("no_pos", "add the position encoding pos to the queries and keys."),
-                        ("no_mask", "pass padding_mask to self_attn as the key padding mask.")):
-                    if close(got, _encoder_variant(layer, src, mask, pos, how)):
-                        return verdict(False, f"[{kind}] {hint}")
-        hint = ("pre-norm normalises before each sub-layer: x = norm1(src); src = src + attn(x + pos, "
-                "x + pos, x); then src = src + ffn(norm2(src)), with no norm after the residual sum."
-                if pre_norm else
-                "post-norm: src = norm1(src + attn(src + pos, src + pos, src)); "
-                "then norm2(src + linear2(relu(linear1(src)))).")
-        return verdict(False, f"[{kind}] the output differs. {hint}")
+        kind = kinds[pre_norm]
+        hint = _nan_hint(got) or mistake(got, want, [
+            (lambda how=how: _encoder_mistake(layer, src, mask, pos, how),
+             why.format(pre_norm=pre_norm, other=kinds[not pre_norm], formula=formulas[pre_norm]))
+            for how, why in _ENCODER_MISTAKES])
+        return verdict(False, f"[{kind}] " + (hint or f"the output differs. {formulas[pre_norm]}"))
     return verdict(True, "your encoder layer matches detr_full's TransformerEncoderLayer (post-norm and pre-norm).")
+
+
+def _decoder_mistake(layer: TransformerDecoderLayer, tgt: Tensor, memory: Tensor, mask: Tensor, pos: Tensor,
+                     query_pos: Tensor, how: str) -> Tensor:
+    """One decoder layer's forward with one likely mistake `how`, to name it in a hint."""
+    pre_norm = layer.normalize_before != (how == "other_norm")
+    if how != "no_self_attn":
+        x = layer.norm1(tgt) if pre_norm else tgt
+        q = k = x if how == "self_no_pos" else x + query_pos
+        attended = layer.self_attn(q, k, x + query_pos if how == "self_values_with_pos" else x)[0]
+        tgt = attended + (0 if how == "no_self_residual" else tgt)
+        tgt = tgt if pre_norm else layer.norm1(tgt)
+    x = layer.norm2(tgt) if pre_norm else tgt
+    keys = memory if how == "cross_keys_no_pos" else memory + pos
+    values = memory + pos if how == "cross_values_with_pos" else memory
+    attended = layer.multihead_attn(x if how == "cross_query_no_pos" else x + query_pos, keys, values,
+                                    {"no_mask": None, "mask_inverted": ~mask}.get(how, mask))[0]
+    tgt = attended + (0 if how == "no_cross_residual" else tgt)
+    tgt = tgt if pre_norm else layer.norm2(tgt)
+    x = layer.norm3(tgt) if pre_norm else tgt
+    tgt = _ffn(layer, x, how) + (0 if how == "no_ffn_residual" else tgt)
+    return tgt if pre_norm else layer.norm3(tgt)
+
+
+_DECODER_MISTAKES = [
+    ("other_norm", "this layer has normalize_before={pre_norm}, but you computed {other}: read "
+                   "layer.normalize_before. {formula}"),
+    ("cross_keys_no_pos", "the cross-attention keys are memory + pos (the values stay memory)."),
+    ("cross_values_with_pos", "the cross-attention values are memory itself; pos goes on the keys only."),
+    ("cross_query_no_pos", "add query_pos to the cross-attention queries too: tgt + query_pos."),
+    ("self_no_pos", "add query_pos to the self-attention queries and keys: tgt + query_pos."),
+    ("self_values_with_pos", "the self-attention values are tgt itself; query_pos goes on the queries and "
+                             "keys only."),
+    ("no_mask", "pass memory_padding_mask to the cross-attention (multihead_attn) as the key padding mask."),
+    ("mask_inverted", "the mask is the wrong way round: memory_padding_mask is True on padding, the keys to "
+                      "hide; pass it as it is."),
+    ("no_self_attn", "the layer starts with self-attention among the queries (layer.self_attn), before the "
+                     "cross-attention to memory."),
+    ("no_self_residual", "keep the residual connection around the self-attention: tgt + self_attn(...)."),
+    ("no_cross_residual", "keep the residual connection around the cross-attention: tgt + multihead_attn(...)."),
+    ("no_ffn_residual", "keep the residual connection around the feed-forward block: tgt + ffn(...)."),
+    ("no_relu", "the feed-forward block is linear2(relu(linear1(x))): a ReLU between the two linears."),
+]
 
 
 def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
@@ -175,33 +326,34 @@ def check_decoder_layer(fn: Callable[..., Tensor]) -> bool:
     memory, pos = torch.randn(2, 9, 16, generator=g), torch.randn(2, 9, 16, generator=g)
     mask = torch.zeros(2, 9, dtype=torch.bool)
     mask[1, 6:] = True
+    formulas = {
+        True: "pre-norm: x = norm1(tgt); tgt = tgt + self_attn(x + query_pos, x + query_pos, x); "
+              "x = norm2(tgt); tgt = tgt + multihead_attn(x + query_pos, memory + pos, memory, mask); "
+              "tgt + ffn(norm3(tgt)).",
+        False: "post-norm: tgt = norm1(tgt + self_attn(tgt + query_pos, tgt + query_pos, tgt)); "
+               "tgt = norm2(tgt + multihead_attn(tgt + query_pos, memory + pos, memory, mask)); "
+               "norm3(tgt + ffn(tgt)).",
+    }
+    kinds = {True: "pre-norm", False: "post-norm"}
     for pre_norm in (False, True):
         layer = _randomised(TransformerDecoderLayer(16, 4, 32, dropout=0.0, normalize_before=pre_norm), 2)
         with torch.no_grad():
             want = layer(tgt, memory, memory + pos, mask, query_pos)
         got, error = call(fn, layer, tgt, memory, mask, pos, query_pos)
         if error:
-            return verdict(False, error)
+            return failure(error, _attention_error_hint(error))
         bad_shape = _shape_hint("the output", got, want)
+        if bad_shape and isinstance(got, Tensor) and got.shape == memory.shape:
+            bad_shape += (" The cross-attention queries come from tgt (+ query_pos); memory gives its keys "
+                          "(+ pos) and values, so the output has one row per query.")
         if bad_shape:
             return verdict(False, bad_shape)
         if close(got, want):
             continue
-        kind = "pre-norm" if pre_norm else "post-norm"
-        if not pre_norm:
-            with torch.no_grad():
-                # the most common slip: forgetting pos on the cross-attention keys
-                x = layer.norm1(tgt + layer.self_attn(tgt + query_pos, tgt + query_pos, tgt)[0])
-                x = layer.norm2(x + layer.multihead_attn(x + query_pos, memory, memory, mask)[0])
-                if close(got, layer.norm3(x + layer._ffn(x))):
-                    return verdict(False, f"[{kind}] the cross-attention keys are memory + pos "
-                                           "(the values stay memory).")
-        hint = ("pre-norm: x = norm1(tgt); tgt = tgt + self_attn(x + query_pos, x + query_pos, x); "
-                "x = norm2(tgt); tgt = tgt + multihead_attn(x + query_pos, memory + pos, memory, mask); "
-                "tgt + ffn(norm3(tgt))." if pre_norm else
-                "post-norm: tgt = norm1(tgt + self_attn(tgt + query_pos, tgt + query_pos, tgt)); "
-                "tgt = norm2(tgt + multihead_attn(tgt + query_pos, memory + pos, memory, mask)); "
-                "norm3(tgt + ffn(tgt)).")
-        return verdict(False, f"[{kind}] the output differs. {hint}")
+        kind = kinds[pre_norm]
+        hint = _nan_hint(got) or mistake(got, want, [
+            (lambda how=how: _decoder_mistake(layer, tgt, memory, mask, pos, query_pos, how),
+             why.format(pre_norm=pre_norm, other=kinds[not pre_norm], formula=formulas[pre_norm]))
+            for how, why in _DECODER_MISTAKES])
+        return verdict(False, f"[{kind}] " + (hint or f"the output differs. {formulas[pre_norm]}"))
     return verdict(True, "your decoder layer matches detr_full's TransformerDecoderLayer (post-norm and pre-norm).")
-
