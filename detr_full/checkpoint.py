@@ -30,6 +30,16 @@ OFFICIAL_URLS = {
 }
 
 
+# The shapes detectors the course trains, best first (paths from the repository root): `make train`'s
+# (AP50 about 0.5) and notebook 08's (about 0.3). Notebooks 10 and 11 start from the first that exists.
+COURSE_CHECKPOINTS = ("outputs/shapes/checkpoint.pth", "outputs/08_training_on_shapes/checkpoint.pth")
+
+
+def find_course_checkpoint(repo: Union[str, Path]) -> Union[Path, None]:
+    """The first of COURSE_CHECKPOINTS that exists under `repo`, or None when the course trained none yet."""
+    return next((Path(repo) / p for p in COURSE_CHECKPOINTS if (Path(repo) / p).is_file()), None)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model; the message says what to do."""
 
