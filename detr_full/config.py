@@ -88,6 +88,7 @@ class TrainConfig(DETRConfig):
     finetune_from: str = ""             # weights only; heads whose shape differs are dropped
     start_epoch: int = 0
     eval: bool = False
+    diagnostics: bool = False           # log the val set's matching instability and box spread (diagnostics.py)
     num_workers: int = 2
     amp: bool = False                   # autocast (bf16 on GPU)
     world_size: int = 1

@@ -26,6 +26,7 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, all_reduce_sum, is_main_process, reduce_mean_dict
 
 
@@ -224,14 +225,16 @@ def run_coco_eval(coco_gt: COCO, detections: list[dict], image_ids: list[int]) -
 @torch.no_grad()
 def evaluate(model: nn.Module, criterion: nn.Module, postprocess: Callable, loader: Iterable,
              coco_gt: Optional[COCO], device: torch.device | str, amp: bool = False,
-             progress: bool = True) -> tuple[dict[str, Any], Optional[COCOeval]]:
+             progress: bool = True, monitor: Optional[MatchingMonitor] = None
+             ) -> tuple[dict[str, Any], Optional[COCOeval]]:
     """Losses and COCO bbox AP on `loader`. Returns `(stats, coco_eval)`.
 
     `stats` holds the averaged loss terms (same keys as training, without `lr`) and
     `coco_eval_bbox`, the 12 COCOeval stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs,
     ARm, ARl). `coco_eval` is the pycocotools `COCOeval` on rank 0, None on other ranks or when
     `coco_gt` is None (then COCO evaluation is skipped). Detections are scored at each target's
-    `orig_size` (h, w), so they are comparable with the annotation file.
+    `orig_size` (h, w), so they are comparable with the annotation file. With a `monitor`
+    (diagnostics.py), stats also hold its `box_spread` and `matching_instability`.
     """
     device = torch.device(device)
     model.eval()
@@ -253,11 +256,15 @@ def evaluate(model: nn.Module, criterion: nn.Module, postprocess: Callable, load
             meters.update(loss=loss_value, **{k: float(v) for k, v in reduced_scaled.items()},
                           **{f"{k}_unscaled": float(v) for k, v in reduced.items()}, class_error=class_error)
             bar.set_postfix(loss=f"{loss_value:.4f}", class_error=f"{class_error:.2f}", refresh=False)
+            if monitor is not None:
+                monitor.update(outputs, targets, criterion.matcher(outputs, targets))
 
             if coco_gt is not None:
                 orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)  # (B, 2) as (h, w)
                 detections.update(coco_results(postprocess(outputs, orig_sizes), targets))
     stats: dict[str, Any] = meters.averages()
+    if monitor is not None:
+        stats.update(monitor.summarize())
 
     coco_eval = None
     if coco_gt is not None:

@@ -52,6 +52,7 @@ from detr_full.data.collate import collate_fn
 from detr_full.data.sampler import GroupedBatchSampler, aspect_ratios
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
+from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
 from detr_full.pretrain import PRETRAIN, TASKS, pretrained_backbone_path
@@ -383,6 +384,7 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     log("Start training")
     start_time = time.time()
     last: dict = {}
+    monitor = MatchingMonitor() if cfg.diagnostics else None     # kept across the run's evaluations
     for epoch in range(start_epoch, cfg.epochs):
         loader = train_loader(dataset_train, cfg, epoch, distributed)
         if len(loader) == 0:
@@ -404,7 +406,7 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                 save_checkpoint(ckpt, output_dir / f"checkpoint{epoch:04}.pth")
 
         test_stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(dataset_val, cfg, distributed),
-                                         coco_gt, device, amp=cfg.amp)
+                                         coco_gt, device, amp=cfg.amp, monitor=monitor)
         restore_rng_state(rng[get_rank()])
         last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats),
                 "epoch": epoch, "n_parameters": n_parameters}

@@ -16,7 +16,7 @@ from detr_full.config import DETRConfig, TrainConfig
 from detr_full.data.shapes import make_shapes
 from detr_full.detr import build_detr
 from detr_full.train import LinearWarmup, cli, main, parse_args
-from detr_full.viz import read_log
+from detr_full.viz import plot_logs, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
@@ -207,3 +207,19 @@ def test_pretrained_backbone_pretrain_makes_and_loads_the_weights(shapes, tmp_pa
     monkeypatch.setattr(pretrain, "pretrain", lambda *a, **k: pytest.fail("must not pretrain"))
     weights_file.unlink()
     main(TrainConfig(**{**settings, "epochs": 2, "resume": str(tmp_path / "run" / "checkpoint.pth")}))
+
+
+def test_diagnostics_are_logged_and_change_nothing(shapes, tmp_path):
+    settings = dict(TINY, coco_path=str(shapes), epochs=2, lr_backbone=1e-5)
+    main(TrainConfig(**settings, diagnostics=True, output_dir=str(tmp_path / "on")))
+    main(TrainConfig(**settings, output_dir=str(tmp_path / "off")))
+    on, off = read_log(tmp_path / "on"), read_log(tmp_path / "off")
+    assert "test_matching_instability" not in on[0]                  # the first evaluation has no previous one
+    assert 0 <= on[1]["test_matching_instability"] <= 100
+    assert all(0 <= e["test_box_spread"] <= 1 for e in on)
+    assert not any(k.endswith(("matching_instability", "box_spread")) for e in off for k in e)
+    a = torch.load(tmp_path / "on" / "checkpoint.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "off" / "checkpoint.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)                  # measuring does not change the run
+    fig = plot_logs(tmp_path / "on", fields=("matching_instability", "box_spread"))
+    assert [len(ax.lines) for ax in fig.axes] == [1, 1]              # the test_ curve of each
