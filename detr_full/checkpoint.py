@@ -16,7 +16,7 @@ import pickle
 import tempfile
 import urllib.error
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +35,7 @@ OFFICIAL_URLS = {
 COURSE_CHECKPOINTS = ("outputs/shapes/checkpoint.pth", "outputs/08_training_on_shapes/checkpoint.pth")
 
 
-def find_course_checkpoint(repo: Union[str, Path]) -> Union[Path, None]:
+def find_course_checkpoint(repo: Union[str, Path]) -> Optional[Path]:
     """The first of COURSE_CHECKPOINTS that exists under `repo`, or None when the course trained none yet."""
     return next((Path(repo) / p for p in COURSE_CHECKPOINTS if (Path(repo) / p).is_file()), None)
 
