@@ -25,6 +25,13 @@ from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
 from detr_full.matcher import HungarianMatcher
 
 
+def box_losses(src_boxes: Tensor, target_boxes: Tensor, num_boxes: float | Tensor) -> tuple[Tensor, Tensor]:
+    """L1 and 1 - GIoU between paired (N, 4) cxcywh boxes, each summed and divided by num_boxes."""
+    l1 = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
+    giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))  # (N,)
+    return l1, (1 - giou).sum() / num_boxes
+
+
 class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  eos_coef: float = 0.1):
@@ -74,9 +81,7 @@ class SetCriterion(nn.Module):
                     losses["class_error"] = torch.tensor(100.0, device=device)
 
         src_boxes = pred_boxes[batch_idx, query_idx]                       # (N, 4)
-        losses["loss_bbox"] = F.l1_loss(src_boxes, matched_boxes, reduction="none").sum() / num_boxes
-        giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(matched_boxes))
-        losses["loss_giou"] = (1 - giou).sum() / num_boxes
+        losses["loss_bbox"], losses["loss_giou"] = box_losses(src_boxes, matched_boxes, num_boxes)
 
         with torch.no_grad():
             num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # (B,)

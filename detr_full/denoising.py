@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
-from detr_full.criterion import SetCriterion
+from detr_full.criterion import SetCriterion, box_losses
 
 DN_TERMS = ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")
 
@@ -148,13 +147,8 @@ class DenoisingCriterion(SetCriterion):
             labels, boxes = dn["labels"][valid], dn["boxes"][valid]              # (M,), (M, 4)
             layers = len(dn["pred_logits"])
             for layer, (logits, pred_boxes) in enumerate(zip(dn["pred_logits"], dn["pred_boxes"])):
-                pred = pred_boxes[valid]                                         # (M, 4)
-                terms = {
-                    "loss_dn_ce": F.cross_entropy(logits[valid], labels) if len(labels) else logits.sum() * 0,
-                    "loss_dn_bbox": F.l1_loss(pred, boxes, reduction="none").sum() / count,
-                    "loss_dn_giou": (1 - paired_generalized_box_iou(box_cxcywh_to_xyxy(pred),
-                                                                    box_cxcywh_to_xyxy(boxes))).sum() / count,
-                }
+                terms = {"loss_dn_ce": F.cross_entropy(logits[valid], labels) if len(labels) else logits.sum() * 0}
+                terms["loss_dn_bbox"], terms["loss_dn_giou"] = box_losses(pred_boxes[valid], boxes, count)
                 suffix = "" if layer == layers - 1 else f"_{layer}"
                 losses.update({f"{k}{suffix}": v for k, v in terms.items() if f"{k}{suffix}" in self.weight_dict})
         return losses

@@ -98,9 +98,9 @@ class RefinedPrior:
     boxes, layer l + 1 around the boxes layer l predicts (detached, as DAB-DETR and Deformable
     DETR's iterative refinement do, so each layer's box loss trains that layer's offsets only)."""
 
-    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor):
+    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor):  # reference (B, Q, 4)
         self.bbox_embed, self.mask = bbox_embed, mask
-        self.references = [reference.expand(len(mask), -1, -1)]                 # [(B, Q, 4)] per layer
+        self.references = [reference]                                            # [(B, Q, 4)] per layer
 
     def hooks(self) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """(memory_bias, next_memory_bias) for `Transformer.forward`."""
