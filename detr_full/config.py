@@ -45,6 +45,9 @@ class DETRConfig:
     dn_groups: int = 0                  # DN-DETR: groups of noised ground-truth queries in training (needs spatial_prior)
     dn_label_noise: float = 0.2         # probability that a denoising query's label is flipped
     dn_box_noise: float = 0.4           # a denoising box's centre moves by up to this x half its size; w, h x (1 +- it)
+    anchor_queries: bool = False        # DAB-DETR: query positions made from the reference boxes (needs spatial_prior)
+    focal_loss: bool = False            # Deformable DETR: sigmoid focal classification and matching cost
+    focal_alpha: float = 0.25           # the focal loss's positive weight (gamma is 2)
     # Hungarian matcher weights (official main.py: 1, 5, 2)
     set_cost_class: float = 1.0
     set_cost_bbox: float = 5.0

@@ -16,12 +16,15 @@ are computed explicitly, not dispatched by name, and targets are validated with 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from detr_full.focal import SigmoidFocal
 from detr_full.matcher import HungarianMatcher
 
 
@@ -34,9 +37,11 @@ def box_losses(src_boxes: Tensor, target_boxes: Tensor, num_boxes: float | Tenso
 
 class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 eos_coef: float = 0.1):
+                 eos_coef: float = 0.1, focal: Optional[SigmoidFocal] = None):
+        """`focal`: sigmoid focal classification instead of the softmax CE (focal.py; None in DETR)."""
         super().__init__()
         self.num_classes, self.matcher, self.weight_dict, self.eos_coef = num_classes, matcher, weight_dict, eos_coef
+        self.focal = focal
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef
         self.register_buffer("empty_weight", empty_weight)
@@ -71,7 +76,10 @@ class SetCriterion(nn.Module):
 
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
         target_classes[batch_idx, query_idx] = matched_labels
-        losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
+        if self.focal is None:
+            losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
+        else:
+            losses = {"loss_ce": self.focal.loss(logits, target_classes, num_boxes)}
         if with_class_error:
             with torch.no_grad():
                 if len(matched_labels):
@@ -84,7 +92,8 @@ class SetCriterion(nn.Module):
         losses["loss_bbox"], losses["loss_giou"] = box_losses(src_boxes, matched_boxes, num_boxes)
 
         with torch.no_grad():
-            num_predicted = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()  # (B,)
+            is_object = logits.argmax(-1) != logits.shape[-1] - 1 if self.focal is None else self.focal.is_object(logits)
+            num_predicted = is_object.sum(1).float()                                  # (B,)
             num_targets = torch.tensor([float(len(t["labels"])) for t in targets], device=device)
             losses["cardinality_error"] = F.l1_loss(num_predicted, num_targets)
         return losses

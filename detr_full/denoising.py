@@ -31,13 +31,14 @@ the state dict.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_full.anchor_queries import AnchorQueries
 from detr_full.criterion import SetCriterion, box_losses
 
 DN_TERMS = ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")
@@ -58,15 +59,6 @@ def noise_labels(labels: Tensor, num_classes: int, p: float) -> Tensor:
     return torch.where(flip, torch.randint_like(labels, num_classes), labels)
 
 
-def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """boxes (..., 4) in [0, 1] -> (..., dim): dim/4 sine and cosine features per coordinate, the
-    encoding of notebook 03 applied to cx, cy, w and h."""
-    n = dim // 4                                                               # features per coordinate
-    freqs = temperature ** (2 * torch.arange(n // 2, device=boxes.device) / n)  # (n/2,)
-    x = boxes[..., None] * 2 * math.pi / freqs                                 # (..., 4, n/2)
-    return torch.cat([x.sin(), x.cos()], -1).flatten(-2)                       # (..., 4 * n)
-
-
 def denoising_attention_mask(num_groups: int, group_size: int, num_queries: int,
                              device: torch.device | str = "cpu") -> Tensor:
     """(N + Q, N + Q) bool, True where query i may attend to query j, with the N = num_groups *
@@ -82,7 +74,7 @@ def denoising_attention_mask(num_groups: int, group_size: int, num_queries: int,
 class DenoisingQueries:
     """One training batch's denoising queries; N = groups * slots per group."""
     content: Tensor        # (B, N, D) embedding of the noised labels: the decoder's input
-    position: Tensor       # (B, N, D) embedding of the noised boxes, added at every layer
+    position: Optional[Tensor]  # (B, N, D) embedding of the noised boxes, added at every layer
     boxes: Tensor          # (B, N, 4) noised cxcywh: the queries' reference boxes
     labels: Tensor         # (B, N) the true labels (the targets)
     target_boxes: Tensor   # (B, N, 4) the true boxes
@@ -98,14 +90,14 @@ class Denoising(nn.Module):
     """Makes the denoising queries of a batch (`forward`) from its targets."""
 
     def __init__(self, num_classes: int, d_model: int, num_groups: int, label_noise: float = 0.2,
-                 box_noise: float = 0.4):
+                 box_noise: float = 0.4, box_position: bool = True):
+        """box_position: embed the noised boxes as the queries' positions (False when the model
+        makes every query's position from its reference box itself: anchor_queries.py)."""
         super().__init__()
-        if d_model % 8:
-            raise ValueError(f"denoising needs hidden_dim divisible by 8 (the box sine embedding); got {d_model}.")
         self.num_classes, self.num_groups = num_classes, num_groups
         self.label_noise, self.box_noise = label_noise, box_noise
         self.label_embed = nn.Embedding(num_classes, d_model)
-        self.box_embed = nn.Sequential(nn.Linear(d_model, d_model), nn.ReLU(), nn.Linear(d_model, d_model))
+        self.box_embed = AnchorQueries(d_model) if box_position else None
 
     def forward(self, targets: list[dict]) -> DenoisingQueries:
         device = self.label_embed.weight.device
@@ -120,7 +112,7 @@ class Denoising(nn.Module):
         labels, boxes, valid = (x.repeat(1, self.num_groups, *[1] * (x.dim() - 2)) for x in (labels, boxes, valid))
         noised_boxes = noise_boxes(boxes, self.box_noise)                      # (B, N, 4)
         noised_labels = noise_labels(labels, self.num_classes, self.label_noise)  # (B, N)
-        position = self.box_embed(box_sine_embedding(noised_boxes, self.label_embed.embedding_dim))
+        position = None if self.box_embed is None else self.box_embed(noised_boxes)
         return DenoisingQueries(self.label_embed(noised_labels), position, noised_boxes, labels, boxes, valid,
                                 self.num_groups)
 
@@ -147,7 +139,13 @@ class DenoisingCriterion(SetCriterion):
             labels, boxes = dn["labels"][valid], dn["boxes"][valid]              # (M,), (M, 4)
             layers = len(dn["pred_logits"])
             for layer, (logits, pred_boxes) in enumerate(zip(dn["pred_logits"], dn["pred_boxes"])):
-                terms = {"loss_dn_ce": F.cross_entropy(logits[valid], labels) if len(labels) else logits.sum() * 0}
+                if not len(labels):
+                    dn_ce = logits.sum() * 0
+                elif self.focal is None:
+                    dn_ce = F.cross_entropy(logits[valid], labels)
+                else:   # the focal loss per target box, as the matched term (focal.py)
+                    dn_ce = self.focal.loss(logits[valid][None], labels[None], count)
+                terms = {"loss_dn_ce": dn_ce}
                 terms["loss_dn_bbox"], terms["loss_dn_giou"] = box_losses(pred_boxes[valid], boxes, count)
                 suffix = "" if layer == layers - 1 else f"_{layer}"
                 losses.update({f"{k}{suffix}": v for k, v in terms.items() if f"{k}{suffix}" in self.weight_dict})

@@ -7,8 +7,9 @@ Differences from the official `models/detr.py`: no NestedTensor (`forward(images
 the criterion and post-processing live in their own files, and `build_detr` takes a `DETRConfig`
 instead of the argparse namespace. Parameter names are the official ones.
 Opt-in hooks for DETR's successors, off by default (then the model is the official one):
-`num_query_groups` (Group DETR, group_detr.py), `spatial_prior` (spatial_prior.py) and, on top of
-it, `dn_groups` (denoising queries, denoising.py).
+`num_query_groups` (Group DETR, group_detr.py), `focal_loss` (focal.py), `spatial_prior`
+(spatial_prior.py) and, on top of it, `anchor_queries` (anchor_queries.py) and `dn_groups`
+(denoising queries, denoising.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from torch import Tensor, nn
 from detr_full.backbone import build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
+from detr_full.anchor_queries import AnchorQueries
 from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, denoising_weights
+from detr_full.focal import SigmoidFocal, init_class_bias
 from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
 from detr_full.position_encoding import build_position_encoding
@@ -48,13 +51,15 @@ class MLP(nn.Module):
 class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
                  num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False,
-                 denoising: Optional[Denoising] = None):
+                 denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False):
         super().__init__()
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
         self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
         self.transformer = transformer
-        self.class_embed = nn.Linear(d, num_classes + 1)                # +1: "no object"
+        self.class_embed = nn.Linear(d, num_classes + (0 if focal else 1))  # +1: "no object" (not with focal.py)
+        if focal:
+            init_class_bias(self.class_embed)
         self.bbox_embed = MLP(d, d, 4, 3)
         self.query_embed = nn.Embedding(num_queries * num_query_groups, d)  # the object queries
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
@@ -62,6 +67,8 @@ class DETR(nn.Module):
         # a reference box per query and a Gaussian cross-attention prior around it (spatial_prior.py)
         self.spatial_prior = SpatialPrior(num_queries * num_query_groups) if spatial_prior else None
         self.denoising = denoising                                      # training-only queries (denoising.py)
+        # query positions made from the reference boxes at every layer (anchor_queries.py)
+        self.anchor_queries = AnchorQueries(d) if anchor_queries else None
 
     def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None,
                 targets: Optional[list[dict]] = None) -> dict:
@@ -82,23 +89,30 @@ class DETR(nn.Module):
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
         if self.num_query_groups > 1:
             queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
+        position, content = queries.expand(len(images), -1, -1), None  # (B, Q, D); content None: zeros
+        if self.anchor_queries is not None:                             # positions come from the boxes,
+            position, content = None, position                          # the learned rows are the content
         dn = self.denoising(targets) if self.denoising is not None and self.training and targets else None
-        content, num_dn = None, 0
+        num_dn = 0
         if dn is not None:                                              # N denoising queries, then the Q others
             num_dn = dn.labels.shape[1]
-            content = torch.cat([dn.content, queries.new_zeros(len(images), *queries.shape)], 1)  # (B, N+Q, D)
-            queries = torch.cat([dn.position, queries.expand(len(images), -1, -1)], 1)           # (B, N+Q, D)
+            content = torch.cat([dn.content, queries.new_zeros(len(images), *queries.shape)
+                                 if content is None else content], 1)   # (B, N+Q, D)
+            if position is not None:
+                position = torch.cat([dn.position, position], 1)        # (B, N+Q, D)
             query_allowed = denoising_attention_mask(dn.num_groups, dn.group_size, self.num_queries, images.device)
-        prior = None
+        memory_bias, refine = None, None
         if self.spatial_prior is not None:
-            prior = self.spatial_prior.decoding(self.bbox_embed, queries.shape[-2] - num_dn, mask,
-                                                dn.boxes if dn is not None else None)
-        memory_bias, next_memory_bias = prior.hooks() if prior else (None, None)
-        hs = self.transformer(self.input_proj(features), mask, queries, pos, query_allowed, memory_bias,
-                              next_memory_bias, content)[0]             # (layers, B, Q, D)
+            prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask,
+                                                dn.boxes if dn is not None else None, self.anchor_queries)
+            memory_bias, refine = prior.hooks()
+            if self.anchor_queries is not None:
+                position = prior.query_position()                       # (B, N+Q, D)
+        hs = self.transformer(self.input_proj(features), mask, position, pos, query_allowed, memory_bias,
+                              refine, content)[0]                       # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
-        if prior is not None:                                           # boxes relative to each layer's reference
+        if self.spatial_prior is not None:                              # boxes relative to each layer's reference
             box_logits = box_logits + inverse_sigmoid(prior.stacked_references())
         boxes = box_logits.sigmoid()                                    # (layers, B, Q, 4)
         if dn is not None:
@@ -115,7 +129,9 @@ class DETR(nn.Module):
 
 def loss_weights(cfg: DETRConfig) -> dict[str, float]:
     """The weighted loss terms, with `_i` copies for the auxiliary decoder layers (paper eq. 2)."""
-    weights = {"loss_ce": 1.0, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
+    # with sigmoid focal classification, Deformable DETR's class weight 2 (focal.py)
+    weights = {"loss_ce": 2.0 if cfg.focal_loss else 1.0, "loss_bbox": cfg.bbox_loss_coef,
+               "loss_giou": cfg.giou_loss_coef}
     if cfg.aux_loss:
         weights.update({f"{k}_{i}": v for i in range(cfg.dec_layers - 1) for k, v in list(weights.items())})
     return weights
@@ -130,23 +146,28 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm)
+    if (cfg.dn_groups > 0 or cfg.anchor_queries) and not cfg.spatial_prior:
+        raise ValueError("dn_groups > 0 and anchor_queries need spatial_prior=True: its reference boxes are the "
+                         f"queries' anchors. Got spatial_prior=False, dn_groups={cfg.dn_groups}, "
+                         f"anchor_queries={cfg.anchor_queries}.")
     denoising = None
     if cfg.dn_groups > 0:
-        if not cfg.spatial_prior or cfg.num_query_groups > 1:
-            raise ValueError("dn_groups > 0 needs spatial_prior=True (its reference boxes are the denoising "
-                             f"queries' anchors) and num_query_groups=1; got spatial_prior={cfg.spatial_prior}, "
-                             f"num_query_groups={cfg.num_query_groups}.")
-        denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_groups, cfg.dn_label_noise, cfg.dn_box_noise)
+        if cfg.num_query_groups > 1:
+            raise ValueError(f"dn_groups > 0 needs num_query_groups=1; got num_query_groups={cfg.num_query_groups}.")
+        denoising = Denoising(cfg.num_classes, cfg.hidden_dim, cfg.dn_groups, cfg.dn_label_noise, cfg.dn_box_noise,
+                              box_position=not cfg.anchor_queries)
     model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
-                 num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior, denoising=denoising)
-    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou)
+                 num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior, denoising=denoising,
+                 anchor_queries=cfg.anchor_queries, focal=cfg.focal_loss)
+    focal = SigmoidFocal(cfg.num_classes, cfg.focal_alpha) if cfg.focal_loss else None
+    matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=focal)
+    weights = loss_weights(cfg)
     if denoising is not None:
-        weights = loss_weights(cfg)
         criterion = DenoisingCriterion(cfg.num_classes, matcher, {**weights, **denoising_weights(
-            weights, cfg.dec_layers, cfg.aux_loss)}, eos_coef=cfg.eos_coef)
+            weights, cfg.dec_layers, cfg.aux_loss)}, eos_coef=cfg.eos_coef, focal=focal)
     elif cfg.num_query_groups > 1:
-        criterion = GroupSetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef,
-                                      num_queries=cfg.num_queries)
+        criterion = GroupSetCriterion(cfg.num_classes, matcher, weights, eos_coef=cfg.eos_coef,
+                                      num_queries=cfg.num_queries, focal=focal)
     else:
-        criterion = SetCriterion(cfg.num_classes, matcher, loss_weights(cfg), eos_coef=cfg.eos_coef)
-    return model, criterion, PostProcess()
+        criterion = SetCriterion(cfg.num_classes, matcher, weights, eos_coef=cfg.eos_coef, focal=focal)
+    return model, criterion, PostProcess(focal=cfg.focal_loss)

@@ -30,6 +30,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from detr_full.transformer import Refine
+
 
 MIN_SIZE = 0.02  # the Gaussian never narrows below ~1/50 of the image (a predicted box can shrink to 0)
 
@@ -84,13 +86,15 @@ class SpatialPrior(nn.Module):
         return -0.5 * (z ** 2).sum(-1)                                           # (B, Q, L)
 
     def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor,
-                 leading: Optional[Tensor] = None) -> "RefinedPrior":
+                 leading: Optional[Tensor] = None,
+                 position: Optional[Callable[[Tensor], Tensor]] = None) -> "RefinedPrior":
         """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w);
-        `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising)."""
+        `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising);
+        `position`: makes every layer's query positions from its reference boxes (anchor queries)."""
         reference = self.boxes(num_queries).expand(len(mask), -1, -1)           # (B, Q, 4)
         if leading is not None:
             reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
-        return RefinedPrior(reference, bbox_embed, mask)
+        return RefinedPrior(reference, bbox_embed, mask, position)
 
 
 class RefinedPrior:
@@ -98,19 +102,26 @@ class RefinedPrior:
     boxes, layer l + 1 around the boxes layer l predicts (detached, as DAB-DETR and Deformable
     DETR's iterative refinement do, so each layer's box loss trains that layer's offsets only)."""
 
-    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor):  # reference (B, Q, 4)
-        self.bbox_embed, self.mask = bbox_embed, mask
+    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor,
+                 position: Optional[Callable[[Tensor], Tensor]] = None):  # reference (B, Q, 4)
+        self.bbox_embed, self.mask, self.position = bbox_embed, mask, position
         self.references = [reference]                                            # [(B, Q, 4)] per layer
 
-    def hooks(self) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
-        """(memory_bias, next_memory_bias) for `Transformer.forward`."""
-        return SpatialPrior.attention_bias(self.references[0], self.mask), self._next_bias
+    def query_position(self) -> Optional[Tensor]:
+        """(B, Q, D): the first layer's query positions, made from the references (None without `position`)."""
+        return None if self.position is None else self.position(self.references[0])
 
-    def _next_bias(self, layer_output: Tensor) -> Tensor:
-        """layer_output (B, Q, D), normalised -> the next layer's bias around this layer's boxes."""
+    def hooks(self) -> tuple[Tensor, Refine]:
+        """(memory_bias, refine) for `Transformer.forward`."""
+        return SpatialPrior.attention_bias(self.references[0], self.mask), self._refine
+
+    def _refine(self, layer_output: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """layer_output (B, Q, D), normalised -> the next layer's bias around this layer's boxes,
+        and its query positions made from them (None without `position`)."""
         boxes = (self.bbox_embed(layer_output) + inverse_sigmoid(self.references[-1])).sigmoid()
         self.references.append(boxes.detach())
-        return SpatialPrior.attention_bias(self.references[-1], self.mask)
+        position = None if self.position is None else self.position(self.references[-1])
+        return SpatialPrior.attention_bias(self.references[-1], self.mask), position
 
     def stacked_references(self) -> Tensor:
         """(layers, B, Q, 4): the reference each decoder layer predicted its boxes from."""

@@ -186,6 +186,11 @@ def check_supported(cfg: TrainConfig) -> None:
     if cfg.dn_groups < 0 or (cfg.dn_groups > 0 and (not cfg.spatial_prior or cfg.num_query_groups > 1)):
         raise ConfigError(f"--dn_groups {cfg.dn_groups}: denoising queries need --dn_groups >= 0, and with "
                           "--dn_groups > 0 also --spatial_prior (their anchor boxes) and --num_query_groups 1.")
+    if cfg.anchor_queries and not cfg.spatial_prior:
+        raise ConfigError("--anchor_queries makes the query positions from the spatial prior's reference boxes: "
+                          "add --spatial_prior.")
+    if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
+        raise ConfigError(f"--focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
     if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:
         raise ConfigError(f"--pretrain_task must be one of {', '.join(TASKS)}; got {cfg.pretrain_task!r}.")
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# a decoder layer's normalised output (B, Q, D) -> the next layer's (memory_bias, query_pos or None)
+Refine = Callable[[Tensor], tuple[Optional[Tensor], Optional[Tensor]]]
+
 
 class MultiheadAttention(nn.Module):
     """Batch-first multi-head attention with nn.MultiheadAttention's parameter names
@@ -168,17 +171,18 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
                 query_pos: Tensor, query_allowed: Optional[Tensor] = None,
-                memory_bias: Optional[Tensor] = None,
-                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
-        """-> (num_layers, B, Q, D): the normalised output of every layer. `next_memory_bias`, when
-        given, maps a layer's normalised output to the memory_bias of the next layer."""
+                memory_bias: Optional[Tensor] = None, refine: Optional[Refine] = None) -> Tensor:
+        """-> (num_layers, B, Q, D): the normalised output of every layer. `refine`, when given, maps
+        a layer's normalised output to the next layer's (memory_bias, query_pos); a None query_pos
+        keeps the current one."""
         memory_with_pos = memory + pos
         outputs = []
         for i, layer in enumerate(self.layers):
             tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos, query_allowed, memory_bias)
             outputs.append(self.norm(tgt))
-            if next_memory_bias is not None and i + 1 < len(self.layers):
-                memory_bias = next_memory_bias(outputs[-1])
+            if refine is not None and i + 1 < len(self.layers):
+                memory_bias, next_pos = refine(outputs[-1])
+                query_pos = query_pos if next_pos is None else next_pos
         return torch.stack(outputs)
 
 
@@ -199,13 +203,13 @@ class Transformer(nn.Module):
 
     def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
                 query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
-                next_memory_bias: Optional[Callable[[Tensor], Tensor]] = None,
-                query_content: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+                refine: Optional[Refine] = None, query_content: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
         Hooks for DETR's successors, None in DETR: query_allowed (Q, Q) bool, the decoder
         self-attention mask (query groups); memory_bias (B, Q, h*w), added to the first decoder
-        layer's cross-attention logits, and next_memory_bias, which makes the next layer's from a
-        layer's output (a spatial prior refined layer by layer); query_content (B, Q, D), the
+        layer's cross-attention logits, and refine, which makes the next layer's memory_bias and
+        query positions from a layer's output (reference boxes refined layer by layer: spatial
+        prior, anchor queries); query_content (B, Q, D), the
         decoder's input instead of zeros, with query_embed then (B, Q, D) too (denoising queries).
         Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
@@ -217,5 +221,5 @@ class Transformer(nn.Module):
         tgt = torch.zeros_like(query_pos) if query_content is None else query_content
         memory = self.encoder(src, mask, pos)                              # (B, L, D)
         hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias,
-                          next_memory_bias)                                # (layers, B, Q, D)
+                          refine)                                          # (layers, B, Q, D)
         return hs, memory.transpose(1, 2).reshape(b, d, h, w)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from detr_full.config import DETRConfig
-from detr_full.denoising import (Denoising, DenoisingCriterion, box_sine_embedding, denoising_attention_mask,
-                                 noise_boxes, noise_labels)
+from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, noise_boxes, noise_labels
 from detr_full.detr import build_detr
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
@@ -48,14 +47,6 @@ def test_label_noise_flips_the_given_fraction():
     assert noised.min() >= 0 and noised.max() < 7
     changed = (noised != 3).float().mean().item()
     assert abs(changed - 0.5 * 6 / 7) < 0.02                                  # a flip to 3 changes nothing
-
-
-def test_box_sine_embedding_separates_the_coordinates():
-    emb = box_sine_embedding(torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3, 0.9]]), 32)   # (2, 32)
-    assert emb.shape == (2, 32)
-    torch.testing.assert_close(emb[0, :24], emb[1, :24])                      # cx, cy, w: the same
-    assert not torch.allclose(emb[0, 24:], emb[1, 24:])                       # h differs
-    torch.testing.assert_close(emb[0, 0], torch.sin(torch.tensor(0.1 * 2 * torch.pi)))  # lowest frequency is 1
 
 
 def test_queries_repeat_the_targets_per_group_with_padding():

@@ -82,8 +82,9 @@ def test_eval_resume_reevaluates(trained, shapes, tmp_path):
 
 
 @pytest.mark.parametrize("options", [{}, {"num_query_groups": 2, "aspect_ratio_grouping": True},
-                                     {"spatial_prior": True, "dn_groups": 2}],
-                         ids=["official", "query_groups+aspect_grouping", "denoising"])
+                                     {"spatial_prior": True, "dn_groups": 2},
+                                     {"spatial_prior": True, "anchor_queries": True, "focal_loss": True}],
+                         ids=["official", "query_groups+aspect_grouping", "denoising", "anchor_queries+focal"])
 def test_resume_is_bit_exact(shapes, tmp_path, options):
     """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, optimizer and log."""
     settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1, **options)
@@ -169,6 +170,10 @@ def test_bad_input_exits_2(shapes, tmp_path, capsys):
     assert "--num_query_groups must be >= 1" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, dn_groups=2)) == 2                 # denoising needs the spatial prior
     assert "--spatial_prior (their anchor boxes)" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, anchor_queries=True)) == 2
+    assert "add --spatial_prior" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, focal_loss=True, focal_alpha=1.5)) == 2
+    assert "--focal_alpha" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, pretrained_backbone="pretrain", pretrain_task="segmentation")) == 2
     assert "--pretrain_task must be one of objects, multilabel" in capsys.readouterr().err
 
