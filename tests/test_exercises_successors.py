@@ -1,0 +1,91 @@
+"""Notebook 12's checkers accept correct solutions, reject the likely wrong ones with their hint, never raise."""
+
+import torch
+
+from detr_full.exercises.successors import check_denoising_mask, check_repeat_targets
+
+
+def _mask(num_groups, group_size, num_queries):       # written out differently from the package's
+    n = num_groups * group_size
+    allowed = torch.zeros(n + num_queries, n + num_queries, dtype=torch.bool)
+    allowed[:, n:] = True
+    for g in range(num_groups):
+        allowed[g * group_size:(g + 1) * group_size, g * group_size:(g + 1) * group_size] = True
+    return allowed
+
+
+def _verdict(capsys, checker, fn, *expected_words):
+    ok = checker(fn)
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1, out
+    for word in expected_words:
+        assert word in out, out
+    return ok
+
+
+def test_denoising_mask_checker(capsys):
+    assert _verdict(capsys, check_denoising_mask, _mask, "OK:")
+    assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: None, "returns None")
+    assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: ~_mask(g, s, q), "Negate")
+
+    def leaky(g, s, q):                                  # matching queries see the denoising ones
+        m = _mask(g, s, q)
+        m[g * s:, :g * s] = True
+        return m
+    assert not _verdict(capsys, check_denoising_mask, leaky, "does not exist at inference")
+
+    def groups_see_each_other(g, s, q):
+        m = _mask(g, s, q)
+        m[:g * s, :g * s] = True
+        return m
+    assert not _verdict(capsys, check_denoising_mask, groups_see_each_other, "Groups must not see each other")
+
+    def no_self(g, s, q):                                # block-diagonal forgotten entirely
+        m = _mask(g, s, q)
+        m[:g * s, :g * s] = False
+        return m
+    assert not _verdict(capsys, check_denoising_mask, no_self, "its own group")
+
+    def dn_blind_to_matching(g, s, q):
+        m = _mask(g, s, q)
+        m[:g * s, g * s:] = False
+        return m
+    assert not _verdict(capsys, check_denoising_mask, dn_blind_to_matching, "a denoising query cannot see")
+
+    def matching_first(g, s, q):
+        n = g * s
+        m = torch.zeros(n + q, n + q, dtype=torch.bool)
+        m[:, :q] = True
+        for i in range(g):
+            m[q + i * s:q + (i + 1) * s, q + i * s:q + (i + 1) * s] = True
+        return m
+    assert not _verdict(capsys, check_denoising_mask, matching_first, "come first")
+    assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: _mask(g, s, q).float(), "bool")
+    assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: 1 / 0, "ZeroDivisionError")
+
+
+def _repeat(targets, k):
+    return [{**t, "labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
+
+
+def test_repeat_targets_checker(capsys):
+    assert _verdict(capsys, check_repeat_targets, _repeat, "OK:")
+    interleaved = lambda ts, k: [{**t, "labels": t["labels"].repeat_interleave(k),   # noqa: E731
+                                  "boxes": t["boxes"].repeat_interleave(k, 0)} for t in ts]
+    assert _verdict(capsys, check_repeat_targets, interleaved, "OK:")             # any order is right
+    mixed = lambda ts, k: [{**t, "labels": t["labels"].repeat(k),                  # noqa: E731
+                            "boxes": t["boxes"].repeat_interleave(k, 0)} for t in ts]
+    assert not _verdict(capsys, check_repeat_targets, mixed, "another object's label")
+    flat = lambda ts, k: [{**t, "labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(1, k)} for t in ts]  # noqa: E731
+    assert not _verdict(capsys, check_repeat_targets, flat, "repeat(k, 1)")
+    once_more = lambda ts, k: _repeat(ts, k + 1)                                   # noqa: E731
+    assert not _verdict(capsys, check_repeat_targets, once_more, "needs labels of shape")
+    only_two = lambda ts, k: [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in ts]  # noqa: E731
+    assert not _verdict(capsys, check_repeat_targets, only_two, "keep the other keys")
+
+    def in_place(ts, k):
+        for t in ts:
+            t["boxes"][:, :2] *= 1.0001
+        return _repeat(ts, k)
+    assert not _verdict(capsys, check_repeat_targets, in_place, "in place")
+    assert not _verdict(capsys, check_repeat_targets, lambda ts, k: ts[0], "list of 2 dicts")

@@ -1,0 +1,52 @@
+"""learning_curve: the evaluation points, the diagnosis numbers, the steps it trains, the clocks."""
+
+import pytest
+import torch
+
+from detr_full.config import TrainConfig
+from detr_full.data.shapes import make_shapes
+from detr_full.learning_curve import SUCCESSOR_FIXES, learning_curve
+from detr_full.train import main
+
+TINY = dict(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
+            num_queries=5, batch_size=2, lr_backbone=0.0, scales="64", max_size=96, val_size=64,
+            num_workers=0, device="cpu", warmup_steps=2)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return make_shapes(tmp_path_factory.mktemp("data") / "shapes", num_train=8, num_val=4)
+
+
+def test_points_at_zero_every_n_and_the_end(shapes):
+    curve = learning_curve(TrainConfig(**TINY, coco_path=str(shapes)), steps=5, eval_every=2)
+    assert [p["step"] for p in curve] == [0, 2, 4, 5]
+    assert curve[0]["matching_instability"] is None and "train_loss" not in curve[0]
+    for p in curve[1:]:
+        assert 0 <= p["matching_instability"] <= 100 and p["train_loss"] > 0
+        assert 0 <= p["val_class_error"] <= 100 and 0 <= p["AP50"] <= 1 and p["box_spread"] >= 0
+    cpu = [p["cpu_min"] for p in curve]
+    assert cpu[0] == 0 and all(a < b for a, b in zip(cpu, cpu[1:]))
+
+
+def test_trains_the_same_batches_as_the_cli(shapes, tmp_path):
+    """4 steps of learning_curve == the CLI's first 4 iterations (one epoch of 8 images in batches of 2):
+    the same validation loss afterwards."""
+    cfg = TrainConfig(**TINY, coco_path=str(shapes), epochs=1, lr_drop=10)
+    curve = learning_curve(cfg, steps=4, eval_every=4)
+    stats = main(TrainConfig(**{**TINY, "coco_path": str(shapes), "epochs": 1, "lr_drop": 10,
+                                "output_dir": str(tmp_path)}))
+    assert curve[-1]["val_loss"] == pytest.approx(stats["test_loss"], rel=1e-5)
+
+
+def test_every_named_run_builds():
+    from detr_full.config import model_config, shapes_cpu_recipe
+    from detr_full.detr import build_detr
+    for name, options in SUCCESSOR_FIXES.items():
+        model = build_detr(model_config(shapes_cpu_recipe(**options, num_classes=19, pretrained_backbone="")))[0]
+        assert model.eval()(torch.zeros(1, 3, 64, 64))["pred_boxes"].shape == (1, 10, 4), name   # inference: 10
+
+
+def test_bad_budget_is_refused(shapes):
+    with pytest.raises(ValueError, match="steps >= 1"):
+        learning_curve(TrainConfig(**TINY, coco_path=str(shapes)), steps=0, eval_every=1)
