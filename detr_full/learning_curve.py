@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import torch
+from torch import nn
 from torch.utils.data import Subset
 
 from detr_full.config import TrainConfig, model_config
@@ -57,11 +58,14 @@ def _batches(dataset, cfg: TrainConfig) -> Iterator:
 
 
 def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Optional[int] = None,
-                   progress: bool = False) -> list[dict]:
+                   progress: bool = False, matcher: Optional[nn.Module] = None,
+                   keep: Optional[dict] = None) -> list[dict]:
     """Train `cfg` (on `cfg.coco_path`, or data/shapes) for `steps` iterations on `cfg.device`;
     evaluate at step 0, every `eval_every` steps and at the end. Returns one dict per evaluation
     (keys in the module docstring). `cfg.pretrained_backbone="pretrain"` uses the cached pretraining
-    (made first when missing; its time is not counted)."""
+    (made first when missing; its time is not counted). `matcher` replaces the criterion's
+    Hungarian matcher, in training and in the val losses (an experiment: notebook 13). `keep`, a
+    dict, receives the trained `model`, `criterion`, `postprocess`, the `val_set` and `cfg` at the end."""
     if steps < 1 or eval_every < 1:
         raise ValueError(f"learning_curve needs steps >= 1 and eval_every >= 1; got {steps} and {eval_every}.")
     seed_everything(cfg.seed)
@@ -76,6 +80,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     cfg = dataclasses.replace(cfg, num_classes=num_classes_of(ds_train))
     device = resolve_device(cfg.device)
     model, criterion, postprocess = build_detr(model_config(cfg))
+    if matcher is not None:
+        criterion.matcher = matcher
     model.to(device)
     criterion.to(device)
     optimizer = build_optimizer(model, cfg)
@@ -102,6 +108,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
                   f"matching instability {'  -  ' if unstable is None else f'{unstable:5.1f}'} %  box spread "
                   f"{point['box_spread']:.3f}  ({point['cpu_min']:.1f} CPU min)", flush=True)
         if done == steps:
+            if keep is not None:
+                keep.update(model=model, criterion=criterion, postprocess=postprocess, val_set=ds_val, cfg=cfg)
             return curve
         n = min(eval_every, steps - done)
         c0, w0 = time.process_time(), time.perf_counter()
