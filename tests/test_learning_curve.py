@@ -50,3 +50,21 @@ def test_every_named_run_builds():
 def test_bad_budget_is_refused(shapes):
     with pytest.raises(ValueError, match="steps >= 1"):
         learning_curve(TrainConfig(**TINY, coco_path=str(shapes)), steps=0, eval_every=1)
+
+
+def test_a_given_matcher_trains_and_keep_receives_the_trained_model(shapes):
+    from detr_full.matcher import HungarianMatcher
+
+    class Counting(HungarianMatcher):
+        calls = 0
+
+        def forward(self, outputs, targets):
+            Counting.calls += 1
+            return super().forward(outputs, targets)
+
+    keep = {}
+    matcher = Counting(1, 5, 2)
+    learning_curve(TrainConfig(**TINY, coco_path=str(shapes)), steps=2, eval_every=2, matcher=matcher, keep=keep)
+    assert keep["criterion"].matcher is matcher and Counting.calls > 0
+    assert {"model", "postprocess", "val_set", "cfg"} <= set(keep)
+    assert keep["cfg"].num_classes == 19      # derived from the annotations
