@@ -30,8 +30,10 @@ Differences from the official `main.py`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
+import io
 import json
 import math
 import random
@@ -45,7 +47,8 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from detr_full.checkpoint import (CheckpointError, find_course_checkpoint, load_checkpoint, load_model_weights,
+                                  save_checkpoint)
 from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
 from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
 from detr_full.data.collate import collate_fn
@@ -433,6 +436,24 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
 
 
 # --------------------------------------------------------------------------- CLI
+
+def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "auto", seed: int = 42) -> Path | str:
+    """The trained shapes detector a notebook starts from (notebooks 10 and 11). `choice`: "auto" =
+    `make train`'s checkpoint, else notebook 08's (checkpoint.COURSE_CHECKPOINTS), else as "train";
+    "train" = one epoch of the shapes recipe written to `output_dir` (about 6 CPU minutes); anything
+    else is a checkpoint path or URL, returned as it is."""
+    if choice == "auto":
+        found = find_course_checkpoint(repo)
+        if found is not None:
+            return found
+        choice = "train"
+    if choice != "train":
+        return choice
+    print("no trained shapes detector in this checkout: training one epoch of the shapes recipe first")
+    with contextlib.redirect_stdout(io.StringIO()):        # the COCO tables; tqdm bars still show on stderr
+        main(RECIPES["shapes_cpu"](epochs=1, device=str(device), seed=seed, output_dir=str(output_dir)))
+    return Path(output_dir) / "checkpoint.pth"
+
 
 def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
     """Flags from the TrainConfig fields; also whether `--num_classes` was passed explicitly."""

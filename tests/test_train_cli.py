@@ -228,3 +228,20 @@ def test_diagnostics_are_logged_and_change_nothing(shapes, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)                  # measuring does not change the run
     fig = plot_logs(tmp_path / "on", fields=("matching_instability", "box_spread"))
     assert [len(ax.lines) for ax in fig.axes] == [1, 1]              # the test_ curve of each
+
+
+def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, monkeypatch):
+    import detr_full.train as train_module
+    from detr_full.train import course_detector
+
+    trained = []
+    monkeypatch.setattr(train_module, "main", lambda cfg: trained.append(cfg))
+    out = tmp_path / "nb"
+    assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
+    assert trained[0].epochs == 1 and trained[0].seed == 3 and trained[0].output_dir == str(out)
+    assert trained[0].spatial_prior and trained[0].backbone == "resnet18"                    # the shapes recipe
+    for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
+        (tmp_path / path).parent.mkdir(parents=True)
+        (tmp_path / path).write_bytes(b"")
+        assert course_detector("auto", tmp_path, out) == tmp_path / path                     # make train's first
+    assert course_detector("my.pth", tmp_path, out) == "my.pth" and len(trained) == 1
