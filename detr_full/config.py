@@ -21,7 +21,7 @@ class DETRConfig:
     # Backbone
     backbone: str = "resnet50"          # any torchvision ResNet: resnet18/34/50/101
     dilation: bool = False              # DC5: dilate layer4 instead of striding (output stride 16)
-    position_embedding: str = "sine"    # "sine" (paper) or "learned" (row/col embeddings, <= 50x50)
+    position_embedding: str = "sine"    # "sine" (paper) or "learned" (row/col embeddings, <= 50x50); "none": Table 3
     lr_backbone: float = 1e-5           # <= 0 freezes the whole backbone (official semantics)
     pretrained_backbone: str = ""       # "" = random init (offline); "imagenet", a path or a URL; for
                                         # training, "pretrain" = made on the train set (detr_full.pretrain)
@@ -38,6 +38,8 @@ class DETRConfig:
     nheads: int = 8
     num_queries: int = 100              # Q, detection slots per image
     pre_norm: bool = False              # pre-LN layers (+ a final encoder LayerNorm)
+    position_at_input: bool = False     # paper Table 3: add the spatial encoding once to the encoder input
+                                        # instead of to the keys and queries of every attention (official)
     aux_loss: bool = True               # decoding losses after every decoder layer (paper section 3.1)
     # Convergence fixes of DETR's successors, off by default (official DETR)
     num_query_groups: int = 1           # Group DETR: K groups of queries matched one-to-one each, in training

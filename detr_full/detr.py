@@ -145,7 +145,7 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
                               train_stem=cfg.train_stem, stride=cfg.backbone_stride)
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
-                              dropout=cfg.dropout, normalize_before=cfg.pre_norm)
+                              dropout=cfg.dropout, normalize_before=cfg.pre_norm, pos_at_input=cfg.position_at_input)
     if (cfg.dn_groups > 0 or cfg.anchor_queries) and not cfg.spatial_prior:
         raise ValueError("dn_groups > 0 and anchor_queries need spatial_prior=True: its reference boxes are the "
                          f"queries' anchors. Got spatial_prior=False, dn_groups={cfg.dn_groups}, "

@@ -77,6 +77,17 @@ class PositionEmbeddingLearned(nn.Module):
         return pos.permute(2, 0, 1)[None].expand(b, -1, -1, -1)            # (B, 2F, h, w)
 
 
+class PositionEmbeddingNone(nn.Module):
+    """No spatial encoding: zeros (B, D, h, w), for the paper's Table 3 ablation (not an official flag value)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, mask: Tensor) -> Tensor:
+        return torch.zeros(mask.shape[0], self.dim, *mask.shape[1:], device=mask.device)
+
+
 def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:
     """`kind` is the official --position_embedding value; half the channels encode y, half x."""
     n_steps = hidden_dim // 2
@@ -84,4 +95,6 @@ def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:
         return PositionEmbeddingSine(n_steps, normalize=True)
     if kind in ("learned", "v3"):
         return PositionEmbeddingLearned(n_steps)
-    raise ValueError(f"position_embedding={kind!r} is not supported; choose 'sine' or 'learned'.")
+    if kind == "none":
+        return PositionEmbeddingNone(hidden_dim)
+    raise ValueError(f"position_embedding={kind!r} is not supported; choose 'sine', 'learned' or 'none'.")

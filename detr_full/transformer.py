@@ -189,8 +189,11 @@ class TransformerDecoder(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 normalize_before: bool = False):
+                 normalize_before: bool = False, pos_at_input: bool = False):
+        """pos_at_input: add the spatial encoding to the encoder's input once, and to no attention
+        (the paper's Table 3 ablation; False = official: to every attention's queries and keys)."""
         super().__init__()
+        self.pos_at_input = pos_at_input
         enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
         self.encoder = TransformerEncoder(enc, num_encoder_layers,
                                           nn.LayerNorm(d_model) if normalize_before else None)
@@ -215,6 +218,8 @@ class Transformer(nn.Module):
         b, d, h, w = src.shape
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
         pos = pos_embed.flatten(2).transpose(1, 2)                         # (B, L, D)
+        if self.pos_at_input:                                              # Table 3's "sine at input"
+            src, pos = src + pos, torch.zeros_like(pos)
         mask = mask.flatten(1)                                             # (B, L)
         query_pos = query_embed.expand(b, -1, -1)                          # (B, Q, D)
         # the decoder starts from zeros; queries enter as positions

@@ -44,3 +44,10 @@ def test_scale_without_normalize_and_large_learned_maps_are_errors():
         PositionEmbeddingLearned(8)(torch.zeros(1, 51, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="sine"):
         build_position_encoding("fourier", 64)
+
+
+def test_none_is_zeros_of_the_right_shape():
+    from detr_full.position_encoding import build_position_encoding
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    pos = build_position_encoding("none", 16)(mask)
+    assert pos.shape == (2, 16, 3, 5) and not pos.any()

@@ -79,3 +79,18 @@ def test_first_decoder_self_attention_gets_no_gradient():
     hs.sum().backward()
     grad = model.decoder.layers[0].self_attn.in_proj_weight.grad
     assert grad.abs().max() < 1e-6 and model.decoder.layers[1].self_attn.in_proj_weight.grad.abs().max() > 0
+
+
+def test_position_at_input_adds_it_once_to_the_encoder_input_and_to_no_attention():
+    from detr_full.transformer import Transformer
+    torch.manual_seed(0)
+    at_input = Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
+                           dropout=0.0, pos_at_input=True).eval()
+    official = Transformer(d_model=16, nhead=2, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=32,
+                           dropout=0.0).eval()
+    official.load_state_dict(at_input.state_dict())                      # the same weights, no new ones
+    src, pos = torch.randn(2, 16, 3, 4), torch.randn(2, 16, 3, 4)
+    mask, queries = torch.zeros(2, 3, 4, dtype=torch.bool), torch.randn(5, 16)
+    ours = at_input(src, mask, queries, pos)[0]
+    torch.testing.assert_close(ours, official(src + pos, mask, queries, torch.zeros_like(pos))[0])
+    assert not torch.allclose(ours, official(src, mask, queries, pos)[0])
