@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_full.anchor_queries import AnchorQueries
 from detr_full.backbone import build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
-from detr_full.anchor_queries import AnchorQueries
 from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, denoising_weights
 from detr_full.focal import SigmoidFocal, init_class_bias
 from detr_full.group_detr import GroupSetCriterion, group_queries
@@ -53,6 +53,9 @@ class DETR(nn.Module):
                  num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False,
                  denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False):
         super().__init__()
+        if (anchor_queries or denoising is not None) and not spatial_prior:
+            raise ValueError("anchor queries and denoising queries need spatial_prior=True: its reference boxes "
+                             "are their anchors.")
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
         self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
