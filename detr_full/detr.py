@@ -54,8 +54,9 @@ class DETR(nn.Module):
                  denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False):
         super().__init__()
         if (anchor_queries or denoising is not None) and not spatial_prior:
-            raise ValueError("anchor queries and denoising queries need spatial_prior=True: its reference boxes "
-                             "are their anchors.")
+            raise ValueError("anchor queries (anchor_queries) and denoising queries (dn_groups > 0) need "
+                             "spatial_prior=True: its reference boxes are their anchors. Got spatial_prior=False, "
+                             f"anchor_queries={anchor_queries}, denoising={denoising is not None}.")
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
         self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
@@ -149,10 +150,6 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm, pos_at_input=cfg.position_at_input)
-    if (cfg.dn_groups > 0 or cfg.anchor_queries) and not cfg.spatial_prior:
-        raise ValueError("dn_groups > 0 and anchor_queries need spatial_prior=True: its reference boxes are the "
-                         f"queries' anchors. Got spatial_prior=False, dn_groups={cfg.dn_groups}, "
-                         f"anchor_queries={cfg.anchor_queries}.")
     denoising = None
     if cfg.dn_groups > 0:
         if cfg.num_query_groups > 1:
