@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
     curve: list[dict] = []
 
     def run_eval() -> dict:
-        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False), coco_api(ds_val), "cpu",
+        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model), coco_api(ds_val), "cpu",
                             progress=False)
         ap = stats["coco_eval_bbox"]
         return {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
@@ -141,7 +141,7 @@ def main(argv: list[str]) -> None:
     epoch = 0
     try:
         while True:
-            stats = train_one_epoch(model, criterion, train_loader(ds_train, cfg, epoch, False), optimizer, "cpu",
+            stats = train_one_epoch(model, criterion, train_loader(ds_train, cfg, epoch, False, model), optimizer, "cpu",
                                     epoch, cfg.clip_max_norm, scheduler_step=after_step, progress=False)
             print(f"[{ns.name}] epoch {epoch} done at step {steps}: loss {stats['loss']:.3f}", flush=True)
             epoch += 1

@@ -20,6 +20,7 @@ drops the `layer4` (and `layer3`) keys.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,19 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
+class BackboneFeatures(NamedTuple):
+    """A batch the frozen ResNet has already seen, in place of its images: what `Backbone.forward`
+    returns. A loader makes it when `backbone_in_loader` is on (data/collate.py: BackboneCollate),
+    so that the workers compute the features while the main process trains on the previous batch."""
+    features: Tensor  # (B, C, h, w)
+    mask: Tensor      # (B, h, w), True on padding
+
+    def to(self, device: Union[torch.device, str], non_blocking: bool = False) -> BackboneFeatures:
+        """Move both tensors, as `Tensor.to` does (so a batch moves the same way with or without it)."""
+        return BackboneFeatures(self.features.to(device, non_blocking=non_blocking),
+                                self.mask.to(device, non_blocking=non_blocking))
+
+
 class Backbone(nn.Module):
     """A torchvision ResNet up to layer4, returning its last feature map and the padding mask
     downsampled to it.
@@ -120,6 +134,12 @@ class Backbone(nn.Module):
         mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()  # nearest
         return features, mask
 
+    @property
+    def frozen(self) -> bool:
+        """Nothing in it can change in training: no trainable parameter, no BatchNorm statistics."""
+        return not any(p.requires_grad for p in self.parameters()) and \
+            not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
 
 def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
     """ResNet weights from "imagenet" (torchvision's download), a local path or a URL."""
@@ -155,9 +175,11 @@ class Joiner(nn.Sequential):
         super().__init__(backbone, position_embedding)
         self.num_channels = backbone.num_channels
 
-    def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> features (B, C, h, w), mask (B, h, w), pos (B, D, h, w) in the features' dtype."""
-        features, mask = self[0](images, padding_mask)
+    def forward(self, images: Union[Tensor, BackboneFeatures], padding_mask: Optional[Tensor]
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> features (B, C, h, w), mask (B, h, w), pos (B, D, h, w) in the features' dtype.
+        `images` may be the ResNet's output already (BackboneFeatures); then only the positions are made."""
+        features, mask = images if isinstance(images, BackboneFeatures) else self[0](images, padding_mask)
         pos = self[1](mask).to(features.dtype)
         return features, mask, pos
 

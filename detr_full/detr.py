@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_full.anchor_queries import AnchorQueries
-from detr_full.backbone import build_backbone
+from detr_full.backbone import BackboneFeatures, build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
 from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, denoising_weights
@@ -74,37 +74,41 @@ class DETR(nn.Module):
         # query positions made from the reference boxes at every layer (anchor_queries.py)
         self.anchor_queries = AnchorQueries(d) if anchor_queries else None
 
-    def forward(self, images: Tensor, padding_mask: Optional[Tensor] = None,
+    def forward(self, images: Tensor | BackboneFeatures, padding_mask: Optional[Tensor] = None,
                 targets: Optional[list[dict]] = None) -> dict:
-        """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding).
+        """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding). `images` may
+        also be the frozen ResNet's output, computed by the loader (`backbone_in_loader`).
         Returns pred_logits (B, Q, K) and pred_boxes (B, Q, 4) as cxcywh in [0, 1], plus
         aux_outputs (one such dict per earlier decoder layer) when aux_loss. `targets` are only
         read in training with denoising queries, which then add `dn_outputs` (denoising.py)."""
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"DETR expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
-                             "Batch a list of images with detr_full.data.collate.pad_images.")
-        if padding_mask is None:
-            padding_mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool,
-                                       device=images.device)
-        elif padding_mask.shape != (images.shape[0], *images.shape[2:]) or padding_mask.dtype != torch.bool:
-            raise ValueError(f"padding_mask must be bool of shape (B, H, W) = {(images.shape[0], *images.shape[2:])}, "
-                             f"True on padding; got {padding_mask.dtype} {tuple(padding_mask.shape)}.")
+        if not isinstance(images, BackboneFeatures):                    # else the loader ran the ResNet
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"DETR expects images of shape (B, 3, H, W); got {tuple(images.shape)}. "
+                                 "Batch a list of images with detr_full.data.collate.pad_images.")
+            if padding_mask is None:
+                padding_mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool,
+                                           device=images.device)
+            elif padding_mask.shape != (images.shape[0], *images.shape[2:]) or padding_mask.dtype != torch.bool:
+                expected = (images.shape[0], *images.shape[2:])
+                raise ValueError(f"padding_mask must be bool of shape (B, H, W) = {expected}, True on padding; "
+                                 f"got {padding_mask.dtype} {tuple(padding_mask.shape)}.")
         features, mask, pos = self.backbone(images, padding_mask)       # (B, C, h, w), (B, h, w), (B, D, h, w)
+        batch = len(features)
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
         if self.num_query_groups > 1:
             queries, query_allowed = group_queries(queries, self.num_queries, self.training)  # (K*Q or Q, D)
-        position, content = queries.expand(len(images), -1, -1), None  # (B, Q, D); content None: zeros
+        position, content = queries.expand(batch, -1, -1), None       # (B, Q, D); content None: zeros
         if self.anchor_queries is not None:                             # positions come from the boxes,
             position, content = None, position                          # the learned rows are the content
         dn = self.denoising(targets) if self.denoising is not None and self.training and targets else None
         num_dn = 0
         if dn is not None:                                              # N denoising queries, then the Q others
             num_dn = dn.labels.shape[1]
-            content = torch.cat([dn.content, queries.new_zeros(len(images), *queries.shape)
+            content = torch.cat([dn.content, queries.new_zeros(batch, *queries.shape)
                                  if content is None else content], 1)   # (B, N+Q, D)
             if position is not None:
                 position = torch.cat([dn.position, position], 1)        # (B, N+Q, D)
-            query_allowed = denoising_attention_mask(dn.num_groups, dn.group_size, self.num_queries, images.device)
+            query_allowed = denoising_attention_mask(dn.num_groups, dn.group_size, self.num_queries, features.device)
         memory_bias, refine = None, None
         if self.spatial_prior is not None:
             prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask,

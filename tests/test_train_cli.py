@@ -106,6 +106,27 @@ def test_resume_is_bit_exact(shapes, tmp_path, options):
     assert resumed["epoch"] == 1
 
 
+def test_backbone_in_loader_trains_the_same_model(shapes, tmp_path):
+    """The workers' ResNet gives the features the model's own would: same weights and log after an epoch."""
+    settings = dict(TINY, coco_path=str(shapes), num_workers=1, epochs=1)
+    for name, ahead in (("model", False), ("loader", True)):
+        main(TrainConfig(**settings, backbone_in_loader=ahead, output_dir=str(tmp_path / name)))
+    a = torch.load(tmp_path / "model" / "checkpoint.pth", weights_only=True)["model"]
+    b = torch.load(tmp_path / "loader" / "checkpoint.pth", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_log(tmp_path / "model") == read_log(tmp_path / "loader")
+
+
+def test_backbone_in_loader_needs_workers_and_the_model():
+    from detr_full.config import shapes_cpu_recipe
+    from detr_full.data.collate import collate_fn
+    from detr_full.train import batch_collate
+    assert shapes_cpu_recipe().backbone_in_loader
+    assert batch_collate(shapes_cpu_recipe(num_workers=0), None) is collate_fn   # no workers: the model runs it
+    with pytest.raises(ValueError, match="pass the model to the loader"):
+        batch_collate(shapes_cpu_recipe(num_workers=1), None)
+
+
 def _lrs(warmup_steps: int, drop_at: int, steps: int = 6) -> tuple[list[float], list[float]]:
     """Per-iteration lrs of the two param groups with a warm-up and a StepLR drop before `drop_at`."""
     param = torch.nn.Parameter(torch.zeros(1))
@@ -176,6 +197,8 @@ def test_bad_input_exits_2(shapes, tmp_path, capsys):
     assert "--focal_alpha" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, pretrained_backbone="pretrain", pretrain_task="segmentation")) == 2
     assert "--pretrain_task must be one of objects, multilabel" in capsys.readouterr().err
+    assert cli(tiny_argv(shapes, backbone_in_loader=True, lr_backbone=1e-5)) == 2   # the ResNet must be frozen
+    assert "must be frozen: add --lr_backbone 0 (got 1e-05)" in capsys.readouterr().err
 
 
 def test_num_classes_given_is_detected():

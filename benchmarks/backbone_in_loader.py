@@ -1,0 +1,77 @@
+"""Training steps per second of the shapes CPU recipe with its ResNet trained, frozen in the model,
+or frozen and run in the loader's workers (`backbone_in_loader`), measured side by side in one run.
+
+    python benchmarks/backbone_in_loader.py [--steps 60] [--repeats 3]
+
+Every variant trains the recipe's model on data/shapes with one main torch thread, as `make
+train` and the CLI run it, except the last, which shows why: 2 threads compete with the workers. In the model, the loader's worker decodes and augments the images and the main
+process runs the ResNet and the rest; in the loader, the workers also run the ResNet on the padded
+batch, so the two halves of a step run on the two cores. The figure is steps per wall-clock second
+over `--steps` steps after 5 warm-up steps, median of the repeats, the variants alternating. Run
+it on a 2-core machine with nothing else running: the loader variants use the second core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import statistics
+import time
+
+import torch
+
+from detr_full.config import model_config, shapes_cpu_recipe
+from detr_full.data.coco import build_dataset
+from detr_full.data.shapes import ensure_shapes
+from detr_full.detr import build_detr
+from detr_full.engine import train_one_epoch
+from detr_full.train import build_optimizer, num_classes_of, parse_scales, seed_everything, train_loader
+
+
+VARIANTS = {  # overrides of the recipe (random weights: the speed does not depend on them)
+    "ResNet trained (layer2-3)": dict(lr_backbone=1e-4, backbone_in_loader=False, num_workers=1),
+    "frozen, in the model": dict(lr_backbone=0.0, backbone_in_loader=False, num_workers=1),
+    "frozen, in 1 loader worker": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=1),
+    "frozen, in 2 loader workers": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2),
+    "... and 2 main threads": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2, threads=2),
+}
+
+
+def steps_per_second(overrides: dict, steps: int) -> float:
+    overrides = dict(overrides)
+    torch.set_num_threads(overrides.pop("threads", 1))
+    cfg = shapes_cpu_recipe(pretrained_backbone="", **overrides)
+    root = str(ensure_shapes())
+    dataset = build_dataset("train", root, scales=parse_scales(cfg.scales), max_size=cfg.max_size,
+                            val_size=cfg.val_size)
+    cfg = dataclasses.replace(cfg, num_classes=num_classes_of(dataset))
+    seed_everything(cfg.seed)
+    model, criterion, _ = build_detr(model_config(cfg))
+    optimizer = build_optimizer(model, cfg)
+    loader = train_loader(dataset, cfg, 0, False, model)
+    marks: list[float] = []
+    batches = itertools.islice(loader, 5 + steps)         # the worker's start is inside the warm-up
+    train_one_epoch(model, criterion, batches, optimizer, "cpu", 0, cfg.clip_max_norm,
+                    scheduler_step=lambda: marks.append(time.perf_counter()), progress=False)
+    return steps / (marks[-1] - marks[4])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    for _ in range(args.repeats):
+        for name, overrides in VARIANTS.items():
+            rates[name].append(steps_per_second(overrides, args.steps))
+    base = statistics.median(rates["frozen, in the model"])
+    for name, r in rates.items():
+        rate = statistics.median(r)
+        print(f"{name:28s} {rate:5.2f} steps/s = {rate / base:4.2f}x frozen in the model "
+              f"(runs: {', '.join(f'{x:.2f}' for x in r)})")
+
+
+if __name__ == "__main__":
+    main()
