@@ -4,7 +4,9 @@ or frozen and run in the loader's workers (`backbone_in_loader`), measured side 
     python benchmarks/backbone_in_loader.py [--steps 60] [--repeats 3]
 
 Every variant trains the recipe's model on data/shapes with one main torch thread, as `make
-train` and the CLI run it, except the last, which shows why: 2 threads compete with the workers. In the model, the loader's worker decodes and augments the images and the main
+train` and the CLI run it, except "2 main threads", which shows why: they compete with the workers.
+The last three show what finer boxes for small objects would cost: stride 8 (4x the tokens) or
+larger images. In the model, the loader's worker decodes and augments the images and the main
 process runs the ResNet and the rest; in the loader, the workers also run the ResNet on the padded
 batch, so the two halves of a step run on the two cores. The figure is steps per wall-clock second
 over `--steps` steps after 5 warm-up steps, median of the repeats, the variants alternating. Run
@@ -35,6 +37,12 @@ VARIANTS = {  # overrides of the recipe (random weights: the speed does not depe
     "frozen, in 1 loader worker": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=1),
     "frozen, in 2 loader workers": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2),
     "... and 2 main threads": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2, threads=2),
+    # what finer boxes for small objects would cost (benchmarks/README.md): stride 8, larger images
+    "... at stride 8": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2, backbone_stride=8),
+    "... at stride 8, 1 enc. layer": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2,
+                                         backbone_stride=8, enc_layers=1),
+    "... images 176-224 px": dict(lr_backbone=0.0, backbone_in_loader=True, num_workers=2,
+                                  scales="176,192,208,224", max_size=288),
 }
 
 
@@ -69,7 +77,7 @@ def main() -> None:
     base = statistics.median(rates["frozen, in the model"])
     for name, r in rates.items():
         rate = statistics.median(r)
-        print(f"{name:28s} {rate:5.2f} steps/s = {rate / base:4.2f}x frozen in the model "
+        print(f"{name:31s} {rate:5.2f} steps/s = {rate / base:4.2f}x frozen in the model "
               f"(runs: {', '.join(f'{x:.2f}' for x in r)})")
 
 

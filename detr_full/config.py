@@ -86,7 +86,7 @@ class TrainConfig(DETRConfig):
     val_size: int = 800                 # validation short side
     aspect_ratio_grouping: bool = False # batch images of similar aspect (less padding); official: random
     backbone_in_loader: bool = False    # a frozen ResNet (lr_backbone 0) runs in the loader's workers, beside
-                                        # the main process (CPU, 2 workers on 2 cores: 1.8x the steps/s)
+                                        # the main process (CPU, 2 workers on 2 cores: 1.9x the steps/s)
     # Run
     output_dir: str = ""                # empty = no checkpoints or logs
     device: str = "auto"                # auto = cuda when available, else cpu

@@ -463,7 +463,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
 def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "auto", seed: int = 42) -> Path | str:
     """The trained shapes detector a notebook starts from (notebooks 10 and 11). `choice`: "auto" =
     `make train`'s checkpoint, else notebook 08's (checkpoint.COURSE_CHECKPOINTS), else as "train";
-    "train" = one epoch of the shapes recipe written to `output_dir` (about 6 CPU minutes); anything
+    "train" = 3 epochs of the shapes recipe, the lr / 10 for the last, written to `output_dir` (about
+    2.5 minutes after the backbone's pretraining, 2.5 more the first time); anything
     else is a checkpoint path or URL, returned as it is."""
     if choice == "auto":
         found = find_course_checkpoint(repo)
@@ -472,9 +473,9 @@ def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "au
         choice = "train"
     if choice != "train":
         return choice
-    print("no trained shapes detector in this checkout: training one epoch of the shapes recipe first")
+    print("no trained shapes detector in this checkout: training 3 epochs of the shapes recipe first")
     with contextlib.redirect_stdout(io.StringIO()):        # the COCO tables; tqdm bars still show on stderr
-        main(RECIPES["shapes_cpu"](epochs=1, device=str(device), seed=seed, output_dir=str(output_dir)))
+        main(RECIPES["shapes_cpu"](epochs=3, lr_drop=2, device=str(device), seed=seed, output_dir=str(output_dir)))
     return Path(output_dir) / "checkpoint.pth"
 
 
@@ -501,7 +502,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     cfg, num_classes_given = parse_args(argv)
     if cfg.backbone_in_loader and cfg.num_workers > 0 and "OMP_NUM_THREADS" not in os.environ:
         # the workers run the ResNet on their own cores: more torch threads here would compete with them
-        # (2 cores, 2 workers: 1 thread gives 6.0 steps/s, 2 threads 4.0; benchmarks/backbone_in_loader.py)
+        # (2 cores, 2 workers: 1 thread gives 5.8 steps/s, 2 threads 3.3; benchmarks/backbone_in_loader.py)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))
     try:
         main(cfg, derive_num_classes=not num_classes_given)

@@ -261,7 +261,7 @@ def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, mo
     monkeypatch.setattr(train_module, "main", lambda cfg: trained.append(cfg))
     out = tmp_path / "nb"
     assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
-    assert trained[0].epochs == 1 and trained[0].seed == 3 and trained[0].output_dir == str(out)
+    assert trained[0].epochs == 3 and trained[0].lr_drop == 2 and trained[0].seed == 3 and trained[0].output_dir == str(out)
     assert trained[0].spatial_prior and trained[0].backbone == "resnet18"                    # the shapes recipe
     for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
         (tmp_path / path).parent.mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 Replaces the official `NestedTensor` / `nested_tensor_from_tensor_list` with two plain tensors.
 The mask's polarity is the one `nn.MultiheadAttention(key_padding_mask=...)` expects: True = padding.
+`BackboneCollate` also runs a frozen ResNet on the padded batch, in the loader's workers.
 """
 
 from __future__ import annotations
