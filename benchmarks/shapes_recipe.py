@@ -89,8 +89,8 @@ def main(argv: list[str]) -> None:
     curve: list[dict] = []
 
     def run_eval() -> dict:
-        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model), coco_api(ds_val), "cpu",
-                            progress=False)
+        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model), coco_api(ds_val),
+                            "cpu", progress=False)
         ap = stats["coco_eval_bbox"]
         return {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
                 "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
@@ -141,8 +141,9 @@ def main(argv: list[str]) -> None:
     epoch = 0
     try:
         while True:
-            stats = train_one_epoch(model, criterion, train_loader(ds_train, cfg, epoch, False, model), optimizer, "cpu",
-                                    epoch, cfg.clip_max_norm, scheduler_step=after_step, progress=False)
+            batches = train_loader(ds_train, cfg, epoch, False, model)
+            stats = train_one_epoch(model, criterion, batches, optimizer, "cpu", epoch, cfg.clip_max_norm,
+                                    scheduler_step=after_step, progress=False)
             print(f"[{ns.name}] epoch {epoch} done at step {steps}: loss {stats['loss']:.3f}", flush=True)
             epoch += 1
     except _Budget:

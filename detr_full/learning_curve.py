@@ -98,8 +98,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     while True:
         rng = capture_rng_state()       # evaluating must not shift the training's random streams
         with contextlib.redirect_stdout(io.StringIO()):                   # pycocotools' 12-line summary
-            stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model), coco_gt,
-                                        device, progress=False, monitor=monitor)
+            stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model),
+                                        coco_gt, device, progress=False, monitor=monitor)
         restore_rng_state(rng)
         point = {"step": done, "cpu_min": cpu / 60, "wall_min": wall / 60, "AP": coco_eval.stats[0],
                  "AP50": coco_eval.stats[1], "val_class_error": stats["class_error"], "val_loss": stats["loss"],

@@ -246,14 +246,17 @@ def train_sampler(dataset, cfg: TrainConfig, epoch: int, distributed: bool):
 def batch_collate(cfg: TrainConfig, model: Optional[nn.Module]):
     """The loaders' collate: pad the images, and with `backbone_in_loader` also run `model`'s frozen
     ResNet on them in the workers (data/collate.py: BackboneCollate). Without workers
-    (`num_workers=0`) the model runs its ResNet itself: the same numbers, and nothing to overlap."""
+    (`num_workers=0`) or with the model on a GPU, the model runs its ResNet itself: the same
+    numbers, and nothing to gain."""
     if not cfg.backbone_in_loader or cfg.num_workers == 0:
         return collate_fn
     if model is None:
         raise ValueError("backbone_in_loader: pass the model to the loader (train_loader(..., model=model)); "
                          "its workers run the model's frozen ResNet.")
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return BackboneCollate(inner.backbone[0])
+    backbone = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).backbone[0]
+    if next(backbone.parameters()).device.type != "cpu":
+        return collate_fn               # on a GPU the model's own ResNet is faster than the CPU workers
+    return BackboneCollate(backbone)
 
 
 def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool,
@@ -308,9 +311,6 @@ def main(cfg: TrainConfig, derive_num_classes: Optional[bool] = None) -> dict:
     """
     check_supported(cfg)
     device = resolve_device(cfg.device)
-    if cfg.backbone_in_loader and device.type != "cpu":
-        raise ConfigError(f"--backbone_in_loader runs the ResNet on the loader's CPU workers; on {device} the model's "
-                          "own backbone is faster. Drop the flag.")
     already_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     distributed = init_distributed(device.type)
     try:
@@ -403,8 +403,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                if dropped else "all weights loaded"))
 
     if cfg.eval:
-        stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(dataset_val, cfg, distributed, model),
-                                    coco_gt, device, amp=cfg.amp)
+        stats, coco_eval = evaluate(model, criterion, postprocess,
+                                    val_loader(dataset_val, cfg, distributed, model), coco_gt, device, amp=cfg.amp)
         log(f"Evaluation: loss {stats.get('loss', float('nan')):.4f}, {_ap_line(stats)}")
         if output_dir is not None and main_process and coco_eval is not None:
             save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
@@ -436,8 +436,9 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
             if (epoch + 1) % cfg.lr_drop == 0 or (epoch + 1) % 100 == 0:
                 save_checkpoint(ckpt, output_dir / f"checkpoint{epoch:04}.pth")
 
-        test_stats, coco_eval = evaluate(model, criterion, postprocess, val_loader(dataset_val, cfg, distributed, model),
-                                         coco_gt, device, amp=cfg.amp, monitor=monitor)
+        test_stats, coco_eval = evaluate(model, criterion, postprocess,
+                                         val_loader(dataset_val, cfg, distributed, model), coco_gt, device,
+                                         amp=cfg.amp, monitor=monitor)
         restore_rng_state(rng[get_rank()])
         last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats),
                 "epoch": epoch, "n_parameters": n_parameters}

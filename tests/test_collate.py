@@ -55,7 +55,8 @@ def _tiny_detr(lr_backbone: float = 0.0):
 
 def test_backbone_collate_gives_detr_the_features_it_would_compute():
     model = _tiny_detr()
-    batch = [(torch.randn(3, 40, 56), {"labels": torch.tensor([1])}), (torch.randn(3, 64, 32), {"labels": torch.tensor([])})]
+    batch = [(torch.randn(3, 40, 56), {"labels": torch.tensor([1])}),
+             (torch.randn(3, 64, 32), {"labels": torch.tensor([])})]
     images, padding_mask, targets = collate_fn(batch)
     features, pixel_mask, targets_b = BackboneCollate(model.backbone[0])(batch)
     assert isinstance(features, BackboneFeatures) and features.features.shape == (2, 256, 4, 4)

@@ -119,12 +119,15 @@ def test_backbone_in_loader_trains_the_same_model(shapes, tmp_path):
 
 def test_backbone_in_loader_needs_workers_and_the_model():
     from detr_full.config import shapes_cpu_recipe
-    from detr_full.data.collate import collate_fn
+    from detr_full.data.collate import BackboneCollate, collate_fn
     from detr_full.train import batch_collate
     assert shapes_cpu_recipe().backbone_in_loader
     assert batch_collate(shapes_cpu_recipe(num_workers=0), None) is collate_fn   # no workers: the model runs it
     with pytest.raises(ValueError, match="pass the model to the loader"):
         batch_collate(shapes_cpu_recipe(num_workers=1), None)
+    model = build_detr(DETRConfig(**{k: v for k, v in TINY.items() if hasattr(DETRConfig, k)}, num_classes=19))[0]
+    assert isinstance(batch_collate(shapes_cpu_recipe(num_workers=1), model), BackboneCollate)
+    assert batch_collate(shapes_cpu_recipe(num_workers=1), model.to("meta")) is collate_fn   # not on the CPU
 
 
 def _lrs(warmup_steps: int, drop_at: int, steps: int = 6) -> tuple[list[float], list[float]]:
@@ -261,7 +264,8 @@ def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, mo
     monkeypatch.setattr(train_module, "main", lambda cfg: trained.append(cfg))
     out = tmp_path / "nb"
     assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
-    assert trained[0].epochs == 3 and trained[0].lr_drop == 2 and trained[0].seed == 3 and trained[0].output_dir == str(out)
+    assert trained[0].epochs == 3 and trained[0].lr_drop == 2 and trained[0].seed == 3
+    assert trained[0].output_dir == str(out)
     assert trained[0].spatial_prior and trained[0].backbone == "resnet18"                    # the shapes recipe
     for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
         (tmp_path / path).parent.mkdir(parents=True)
