@@ -5,12 +5,13 @@ or frozen and run in the loader's workers (`backbone_in_loader`), measured side 
 
 Every variant trains the recipe's model on data/shapes with one main torch thread, as `make
 train` and the CLI run it, except "2 main threads", which shows why: they compete with the workers.
-The last three show what finer boxes for small objects would cost: stride 8 (4x the tokens) or
-larger images. In the model, the loader's worker decodes and augments the images and the main
-process runs the ResNet and the rest; in the loader, the workers also run the ResNet on the padded
-batch, so the two halves of a step run on the two cores. The figure is steps per wall-clock second
-over `--steps` steps after 5 warm-up steps, median of the repeats, the variants alternating. Run
-it on a 2-core machine with nothing else running: the loader variants use the second core.
+In the model, the loader's worker decodes and augments the images and the main process runs the
+ResNet and the rest; in the loader, the workers also run the ResNet on the padded batch, so the
+two halves of a step run on the two cores. The last three variants show what finer boxes for
+small objects would cost: stride 8 (4x the tokens) or larger images. The figure is steps per
+wall-clock second over `--steps` steps after 5 warm-up steps, median of the repeats, the variants
+alternating. Run it on a 2-core machine with nothing else running: the loader variants use the
+second core.
 """
 
 from __future__ import annotations
