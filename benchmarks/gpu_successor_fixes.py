@@ -31,7 +31,7 @@ import torch
 from detr_full.config import model_config, shapes_cpu_recipe
 from detr_full.detr import build_detr
 from detr_full.engine import _autocast, train_one_epoch
-from detr_full.learning_curve import SUCCESSOR_FIXES
+from detr_full.learning_curve import COMPARISON_RECIPE, SUCCESSOR_FIXES
 from detr_full.train import build_optimizer
 
 SIZES = {
@@ -59,8 +59,8 @@ def synthetic_batch(batch: int, height: int, width: int, device: torch.device, g
 
 
 def build(name: str, size: str, device: torch.device):
-    cfg = shapes_cpu_recipe(**SUCCESSOR_FIXES[name], **SIZES[size]["overrides"], pretrained_backbone="",
-                            num_classes=19)
+    cfg = shapes_cpu_recipe(**{**COMPARISON_RECIPE, **SUCCESSOR_FIXES[name], **SIZES[size]["overrides"]},
+                            pretrained_backbone="", num_classes=19)
     model, criterion, _ = build_detr(model_config(cfg))
     return cfg, model.to(device), criterion.to(device), build_optimizer(model, cfg)
 

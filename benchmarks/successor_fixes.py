@@ -22,7 +22,7 @@ import torch
 
 from detr_full.config import shapes_cpu_recipe
 from detr_full.data.shapes import ensure_shapes
-from detr_full.learning_curve import COMPARISON_BACKBONE, SUCCESSOR_FIXES, learning_curve
+from detr_full.learning_curve import COMPARISON_RECIPE, SUCCESSOR_FIXES, learning_curve
 from detr_full.pretrain import PretrainConfig, ensure_pretrained
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
     root = ensure_shapes()
     backbone = ensure_pretrained(root, PretrainConfig(steps=ns.pretrain_steps, seed=0), progress=False)
     for name in ns.runs:
-        cfg = shapes_cpu_recipe(**{**COMPARISON_BACKBONE, **SUCCESSOR_FIXES[name]}, seed=ns.seed,
+        cfg = shapes_cpu_recipe(**{**COMPARISON_RECIPE, **SUCCESSOR_FIXES[name]}, seed=ns.seed,
                                 warmup_steps=ns.warmup_steps, num_workers=0, pretrained_backbone=str(backbone),
                                 device="cpu")
         print(f"== {name}", flush=True)

@@ -10,7 +10,8 @@ For each decoder layer's readout: match predictions to targets, then
 - cardinality_error: |#queries not predicting "no object" - #targets|, averaged over images
   (logging only, no gradient);
 - class_error: 100 - top-1 accuracy on matched queries (final layer only; logging only).
-Auxiliary layers get the same terms with suffix `_i`. Unlike the official code, the three losses
+Auxiliary layers get the same terms with suffix `_i`, the encoder's proposals (query_selection.py)
+with suffix `_enc`. Unlike the official code, the three losses
 are computed explicitly, not dispatched by name, and targets are validated with a clear error.
 """
 
@@ -99,7 +100,7 @@ class SetCriterion(nn.Module):
         return losses
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs;
+        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs and enc_outputs;
         targets: B dicts with labels (T_b,) int64 and boxes (T_b, 4) normalised cxcywh."""
         self.check_targets(targets)
         # Normalise by the number of target boxes over all processes, at least 1 (empty batches).
@@ -116,6 +117,10 @@ class SetCriterion(nn.Module):
             aux_losses = self.layer_losses(aux, targets, self.matcher(aux, targets), num_boxes,
                                            with_class_error=False)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        if "enc_outputs" in outputs:                                   # the encoder tokens' proposals (query_selection.py)
+            enc = outputs["enc_outputs"]
+            enc_losses = self.layer_losses(enc, targets, self.matcher(enc, targets), num_boxes, with_class_error=False)
+            losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         return losses
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:

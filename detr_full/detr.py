@@ -8,8 +8,8 @@ the criterion and post-processing live in their own files, and `build_detr` take
 instead of the argparse namespace. Parameter names are the official ones.
 Opt-in hooks for DETR's successors, off by default (then the model is the official one):
 `num_query_groups` (Group DETR, group_detr.py), `focal_loss` (focal.py), `spatial_prior`
-(spatial_prior.py) and, on top of it, `anchor_queries` (anchor_queries.py) and `dn_groups`
-(denoising queries, denoising.py).
+(spatial_prior.py) and, on top of it, `anchor_queries` (anchor_queries.py), `dn_groups`
+(denoising queries, denoising.py) and `query_selection` (query_selection.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
 from detr_full.position_encoding import build_position_encoding
 from detr_full.postprocess import PostProcess
+from detr_full.query_selection import QuerySelection
 from detr_full.spatial_prior import SpatialPrior, inverse_sigmoid
 from detr_full.transformer import Transformer
 
@@ -51,12 +52,17 @@ class MLP(nn.Module):
 class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
                  num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False,
-                 denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False):
+                 denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False,
+                 query_selection: bool = False, selection_nms: float = 0.0):
         super().__init__()
-        if (anchor_queries or denoising is not None) and not spatial_prior:
-            raise ValueError("anchor queries (anchor_queries) and denoising queries (dn_groups > 0) need "
-                             "spatial_prior=True: its reference boxes are their anchors. Got spatial_prior=False, "
-                             f"anchor_queries={anchor_queries}, denoising={denoising is not None}.")
+        if (anchor_queries or denoising is not None or query_selection) and not spatial_prior:
+            raise ValueError("anchor queries (anchor_queries), denoising queries (dn_groups > 0) and query selection "
+                             "need spatial_prior=True: its reference boxes are their anchors. Got spatial_prior=False, "
+                             f"anchor_queries={anchor_queries}, denoising={denoising is not None}, "
+                             f"query_selection={query_selection}.")
+        if query_selection and num_query_groups > 1:
+            raise ValueError("query_selection gives one set of queries per image; it needs num_query_groups=1, "
+                             f"got {num_query_groups}.")
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
         self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
@@ -69,10 +75,16 @@ class DETR(nn.Module):
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = backbone
         # a reference box per query and a Gaussian cross-attention prior around it (spatial_prior.py)
-        self.spatial_prior = SpatialPrior(num_queries * num_query_groups) if spatial_prior else None
+        self.spatial_prior = SpatialPrior(num_queries * num_query_groups, learned=not query_selection) \
+            if spatial_prior else None
         self.denoising = denoising                                      # training-only queries (denoising.py)
         # query positions made from the reference boxes at every layer (anchor_queries.py)
         self.anchor_queries = AnchorQueries(d) if anchor_queries else None
+        # the first reference boxes proposed by the encoder's tokens, per image (query_selection.py)
+        self.query_selection = QuerySelection(d, num_classes + (0 if focal else 1), num_queries, MLP(d, d, 4, 3),
+                                              focal, selection_nms) if query_selection else None
+        if focal and query_selection:
+            init_class_bias(self.query_selection.class_embed)
 
     def forward(self, images: Tensor | BackboneFeatures, padding_mask: Optional[Tensor] = None,
                 targets: Optional[list[dict]] = None) -> dict:
@@ -109,15 +121,18 @@ class DETR(nn.Module):
             if position is not None:
                 position = torch.cat([dn.position, position], 1)        # (B, N+Q, D)
             query_allowed = denoising_attention_mask(dn.num_groups, dn.group_size, self.num_queries, features.device)
+        memory, flat_mask, flat_pos = self.transformer.encode(self.input_proj(features), mask, pos)  # (B, L, D)
+        proposals = self.query_selection(memory, mask) if self.query_selection is not None else None
         memory_bias, refine = None, None
         if self.spatial_prior is not None:
             prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask,
-                                                dn.boxes if dn is not None else None, self.anchor_queries)
+                                                dn.boxes if dn is not None else None, self.anchor_queries,
+                                                proposals.reference if proposals is not None else None)
             memory_bias, refine = prior.hooks()
             if self.anchor_queries is not None:
                 position = prior.query_position()                       # (B, N+Q, D)
-        hs = self.transformer(self.input_proj(features), mask, position, pos, query_allowed, memory_bias,
-                              refine, content)[0]                       # (layers, B, Q, D)
+        hs = self.transformer.decode(memory, flat_mask, flat_pos, position, query_allowed, memory_bias,
+                                     refine, content)                   # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
         if self.spatial_prior is not None:                              # boxes relative to each layer's reference
@@ -130,6 +145,8 @@ class DETR(nn.Module):
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if dn is not None:
             out["dn_outputs"] = dn_out
+        if proposals is not None:                                       # the encoder's (B, L, .) proposals
+            out["enc_outputs"] = {"pred_logits": proposals.logits, "pred_boxes": proposals.boxes}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         return out
@@ -140,8 +157,11 @@ def loss_weights(cfg: DETRConfig) -> dict[str, float]:
     # with sigmoid focal classification, Deformable DETR's class weight 2 (focal.py)
     weights = {"loss_ce": 2.0 if cfg.focal_loss else 1.0, "loss_bbox": cfg.bbox_loss_coef,
                "loss_giou": cfg.giou_loss_coef}
+    layer = dict(weights)
     if cfg.aux_loss:
-        weights.update({f"{k}_{i}": v for i in range(cfg.dec_layers - 1) for k, v in list(weights.items())})
+        weights.update({f"{k}_{i}": v for i in range(cfg.dec_layers - 1) for k, v in layer.items()})
+    if cfg.query_selection:                                             # the encoder's proposals
+        weights.update({f"{k}_enc": v for k, v in layer.items()})
     return weights
 
 
@@ -162,7 +182,8 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
                               box_position=not cfg.anchor_queries)
     model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
                  num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior, denoising=denoising,
-                 anchor_queries=cfg.anchor_queries, focal=cfg.focal_loss)
+                 anchor_queries=cfg.anchor_queries, focal=cfg.focal_loss, query_selection=cfg.query_selection,
+                 selection_nms=cfg.selection_nms)
     focal = SigmoidFocal(cfg.num_classes, cfg.focal_alpha) if cfg.focal_loss else None
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=focal)
     weights = loss_weights(cfg)

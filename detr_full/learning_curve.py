@@ -36,10 +36,13 @@ from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
 from detr_full.train import (LinearWarmup, build_optimizer, capture_rng_state, num_classes_of, parse_scales,
                              resolve_device, restore_rng_state, seed_everything, train_loader, val_loader)
 
-# The backbone of the runs notebooks 12 and 13 and benchmarks/successor_fixes.py compare: its layer2-3
-# trained at 1e-4, as make train's recipe did when their committed results were made. The recipe now
-# freezes it (backbone_in_loader: about 3x the steps per minute, about the same AP50 per step).
-COMPARISON_BACKBONE: dict = dict(lr_backbone=1e-4, backbone_in_loader=False)
+# make train's recipe as it was when the committed results of notebooks 12 and 13 and
+# benchmarks/successor_fixes.py were made, as overrides of today's: the backbone's layer2-3 trained at
+# 1e-4, and the decoder's first boxes learned (no query selection, no anchor queries). The recipe now
+# freezes the backbone (backbone_in_loader: about 3x the steps per minute, about the same AP50 per
+# step) and starts its queries from the encoder's proposals (query_selection.py).
+COMPARISON_RECIPE: dict = dict(lr_backbone=1e-4, backbone_in_loader=False, query_selection=False, selection_nms=0.0,
+                               anchor_queries=False)
 
 # The runs notebook 12 and benchmarks/successor_fixes.py compare: overrides of shapes_cpu_recipe().
 # "DETR" is the recipe without its spatial prior; anchor queries and denoising build on the prior

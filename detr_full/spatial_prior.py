@@ -19,7 +19,8 @@ initialised on a grid over the image, and
 SMCA predicts the centre and scale from each query's content and per head; here layer 0's are
 per-query parameters, a learned "where to look first".
 Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference boxes add one
-`spatial_prior.reference.weight` (Q, 4) tensor to the state dict.
+`spatial_prior.reference.weight` (Q, 4) tensor to the state dict. With `query_selection` the first
+boxes come from the encoder instead, per image (query_selection.py), and there is no such tensor.
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def token_centres(mask: Tensor) -> Tensor:
 class SpatialPrior(nn.Module):
     """Learned reference boxes (Q, 4) and the Gaussian cross-attention bias they give."""
 
-    def __init__(self, num_queries: int):
+    def __init__(self, num_queries: int, learned: bool = True):
+        """learned=False: no learned boxes; every forward pass brings its own (query_selection.py)."""
         super().__init__()
-        self.reference = nn.Embedding(num_queries, 4)               # logits of (cx, cy, w, h)
-        with torch.no_grad():
-            self.reference.weight.copy_(inverse_sigmoid(grid_boxes(num_queries)))
+        self.reference = nn.Embedding(num_queries, 4) if learned else None  # logits of (cx, cy, w, h)
+        if learned:
+            with torch.no_grad():
+                self.reference.weight.copy_(inverse_sigmoid(grid_boxes(num_queries)))
 
     def boxes(self, num_queries: int) -> Tensor:
         """The first `num_queries` reference boxes, (Q, 4) cxcywh in [0, 1]."""
@@ -87,11 +90,15 @@ class SpatialPrior(nn.Module):
 
     def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor,
                  leading: Optional[Tensor] = None,
-                 position: Optional[Callable[[Tensor], Tensor]] = None) -> "RefinedPrior":
+                 position: Optional[Callable[[Tensor], Tensor]] = None,
+                 initial: Optional[Tensor] = None) -> "RefinedPrior":
         """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w);
         `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising);
-        `position`: makes every layer's query positions from its reference boxes (anchor queries)."""
-        reference = self.boxes(num_queries).expand(len(mask), -1, -1)           # (B, Q, 4)
+        `position`: makes every layer's query positions from its reference boxes (anchor queries);
+        `initial` (B, Q, 4): this pass's first reference boxes instead of the learned ones."""
+        if initial is None:
+            initial = self.boxes(num_queries).expand(len(mask), -1, -1)         # (B, Q, 4)
+        reference = initial
         if leading is not None:
             reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
         return RefinedPrior(reference, bbox_embed, mask, position)

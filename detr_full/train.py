@@ -193,6 +193,9 @@ def check_supported(cfg: TrainConfig) -> None:
     if cfg.anchor_queries and not cfg.spatial_prior:
         raise ConfigError("--anchor_queries makes the query positions from the spatial prior's reference boxes: "
                           "add --spatial_prior.")
+    if cfg.query_selection and (not cfg.spatial_prior or cfg.num_query_groups > 1):
+        raise ConfigError("--query_selection makes the spatial prior's first reference boxes from the encoder, one set "
+                          "per image: it needs --spatial_prior and --num_query_groups 1.")
     if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
         raise ConfigError(f"--focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
     if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:

@@ -216,15 +216,25 @@ class Transformer(nn.Module):
         decoder's input instead of zeros, with query_embed then (B, Q, D) too (denoising queries).
         Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
+        memory, mask, pos = self.encode(src, mask, pos_embed)             # (B, L, D), (B, L), (B, L, D)
+        hs = self.decode(memory, mask, pos, query_embed, query_allowed, memory_bias, refine, query_content)
+        return hs, memory.transpose(1, 2).reshape(b, d, h, w)
+
+    def encode(self, src: Tensor, mask: Tensor, pos_embed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """src (B, D, h, w); mask (B, h, w); pos_embed (B, D, h, w) -> the encoder's output memory
+        (B, L, D), with the flattened mask (B, L) and the positions (B, L, D) the decoder adds to it."""
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
         pos = pos_embed.flatten(2).transpose(1, 2)                         # (B, L, D)
         if self.pos_at_input:                                              # Table 3's "sine at input"
             src, pos = src + pos, torch.zeros_like(pos)
         mask = mask.flatten(1)                                             # (B, L)
-        query_pos = query_embed.expand(b, -1, -1)                          # (B, Q, D)
+        return self.encoder(src, mask, pos), mask, pos
+
+    def decode(self, memory: Tensor, mask: Tensor, pos: Tensor, query_embed: Tensor,
+               query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
+               refine: Optional[Refine] = None, query_content: Optional[Tensor] = None) -> Tensor:
+        """`encode`'s three outputs and `forward`'s query arguments -> hs (num_decoder_layers, B, Q, D)."""
+        query_pos = query_embed.expand(len(memory), -1, -1)                # (B, Q, D)
         # the decoder starts from zeros; queries enter as positions
         tgt = torch.zeros_like(query_pos) if query_content is None else query_content
-        memory = self.encoder(src, mask, pos)                              # (B, L, D)
-        hs = self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias,
-                          refine)                                          # (layers, B, Q, D)
-        return hs, memory.transpose(1, 2).reshape(b, d, h, w)
+        return self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias, refine)  # (layers, B, Q, D)
