@@ -74,8 +74,16 @@ class SpatialPrior(nn.Module):
             with torch.no_grad():
                 self.reference.weight.copy_(inverse_sigmoid(grid_boxes(num_queries)))
 
+    @property
+    def learned(self) -> bool:
+        """Whether the first reference boxes are parameters (False: each forward pass brings its own)."""
+        return self.reference is not None
+
     def boxes(self, num_queries: int) -> Tensor:
-        """The first `num_queries` reference boxes, (Q, 4) cxcywh in [0, 1]."""
+        """The first `num_queries` learned reference boxes, (Q, 4) cxcywh in [0, 1]."""
+        if not self.learned:
+            raise ValueError("this model has no learned reference boxes: with query_selection each image's first "
+                             "boxes are the encoder's proposals (the model's enc_outputs; query_selection.py).")
         return self.reference.weight[:num_queries].sigmoid()
 
     @staticmethod

@@ -196,6 +196,9 @@ def check_supported(cfg: TrainConfig) -> None:
     if cfg.query_selection and (not cfg.spatial_prior or cfg.num_query_groups > 1):
         raise ConfigError("--query_selection makes the spatial prior's first reference boxes from the encoder, one set "
                           "per image: it needs --spatial_prior and --num_query_groups 1.")
+    if not 0 <= cfg.selection_nms < 1 or (cfg.selection_nms and not cfg.query_selection):
+        raise ConfigError(f"--selection_nms {cfg.selection_nms}: the IoU above which query selection skips a proposal, "
+                          "in [0, 1) (0: no NMS), and only with --query_selection.")
     if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
         raise ConfigError(f"--focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
     if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:

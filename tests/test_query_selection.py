@@ -61,6 +61,9 @@ def test_model_outputs_and_losses():
     torch.manual_seed(0)
     model, criterion, _ = build_detr(TINY)
     assert "spatial_prior.reference.weight" not in model.state_dict()  # the first boxes come from the encoder
+    assert not model.spatial_prior.learned
+    with pytest.raises(ValueError, match="no learned reference boxes"):
+        model.spatial_prior.boxes(3)
     images, mask = torch.randn(2, 3, 96, 128), torch.zeros(2, 96, 128, dtype=torch.bool)
     out = model.train()(images, mask)
     assert out["enc_outputs"]["pred_logits"].shape == (2, 3 * 4, 8)  # L = (96/32) * (128/32) tokens, K = 7 + 1
@@ -108,3 +111,10 @@ def test_nms_prefers_proposals_that_do_not_overlap_a_better_one():
     assert select._diverse_top(boxes, score).tolist() == [0, 2, 4]
     select.num_queries = 5                                           # the suppressed token before the padding
     assert select._diverse_top(boxes, score).tolist() == [0, 2, 4, 1, 3]
+
+
+def test_selection_nms_is_an_iou_and_needs_query_selection():
+    with pytest.raises(ConfigError, match="--selection_nms 0.5"):
+        check_supported(TrainConfig(selection_nms=0.5))             # without --query_selection
+    with pytest.raises(ConfigError, match="--selection_nms 1.5"):
+        check_supported(TrainConfig(spatial_prior=True, query_selection=True, selection_nms=1.5))
