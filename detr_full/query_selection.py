@@ -23,8 +23,8 @@ Our version:
   start on the same object while a small one gets none. This is the non-maximum suppression a
   region proposal network applies before keeping its top proposals (Faster R-CNN); the decoder
   stays NMS-free;
-- the queries' content and positions stay the learned ones (DINO's "mixed" selection): only
-  where they look comes from the image.
+- the queries' content stays learned (DINO's "mixed" selection); so do their positions, unless
+  `anchor_queries` makes them from the selected boxes, as DINO does (the shapes recipe does).
 Used through `DETRConfig.query_selection` (needs spatial_prior; off = the official DETR).
 """
 

@@ -104,9 +104,7 @@ class SpatialPrior(nn.Module):
         `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising);
         `position`: makes every layer's query positions from its reference boxes (anchor queries);
         `initial` (B, Q, 4): this pass's first reference boxes instead of the learned ones."""
-        if initial is None:
-            initial = self.boxes(num_queries).expand(len(mask), -1, -1)         # (B, Q, 4)
-        reference = initial
+        reference = self.boxes(num_queries).expand(len(mask), -1, -1) if initial is None else initial  # (B, Q, 4)
         if leading is not None:
             reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
         return RefinedPrior(reference, bbox_embed, mask, position)

@@ -42,13 +42,14 @@ def selection(num_queries: int) -> QuerySelection:
 
 def test_the_most_confident_valid_tokens_are_selected_and_detached():
     select = selection(num_queries=2)
-    memory = torch.zeros(1, 4, 4)
-    memory[0, :, 0] = torch.tensor([1.0, 5.0, 9.0, 3.0])           # token 2 would win, but it is padding
-    mask = torch.tensor([[[False, False], [True, False]]])          # (1, 2, 2): token 2 = row 1, column 0
+    memory = torch.zeros(1, 6, 4)
+    memory[0, :, 0] = torch.tensor([1.0, 5.0, 9.0, 3.0, 0.0, 8.0])  # tokens 2 and 5 would win, but are padding
+    mask = torch.zeros(1, 2, 3, dtype=torch.bool)
+    mask[0, :, 2] = True                                             # the last column is padding
     proposals = select(memory, mask)
     torch.testing.assert_close(proposals.reference, proposals.boxes[:, [1, 3]].detach())
     assert not proposals.reference.requires_grad and proposals.boxes.requires_grad
-    assert proposals.logits.shape == (1, 4, 3) and proposals.boxes.shape == (1, 4, 4)
+    assert proposals.logits.shape == (1, 6, 3) and proposals.boxes.shape == (1, 6, 4)
 
 
 def test_too_few_tokens_is_a_clear_error():
