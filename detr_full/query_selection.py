@@ -34,10 +34,10 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import nms
+from torchvision.ops import batched_nms
 
 from detr_full.box_ops import box_cxcywh_to_xyxy
-from detr_full.spatial_prior import inverse_sigmoid, token_centres
+from detr_full.spatial_prior import inverse_sigmoid, token_centres, valid_cells
 
 
 ANCHOR_CELLS = 2.0  # a token's anchor box is this many cells wide and high, centred on the token
@@ -53,8 +53,7 @@ def token_anchors(mask: Tensor) -> Tensor:
     """mask (B, h, w) True on padding -> (B, h*w, 4) cxcywh: a box of ANCHOR_CELLS cells around each
     token's centre, in units of the image's valid region (padded tokens' centres are > 1)."""
     centres = token_centres(mask)                                                  # (B, L, 2)
-    valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).float()                         # (B,)
-    valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).float()
+    valid_w, valid_h = valid_cells(mask)                                           # (B,)
     size = torch.stack([ANCHOR_CELLS / valid_w, ANCHOR_CELLS / valid_h], -1).clamp(max=1.0)  # (B, 2)
     return torch.cat([centres, size[:, None, :].expand_as(centres)], -1)
 
@@ -89,17 +88,16 @@ class QuerySelection(nn.Module):
         boxes = (self.bbox_embed(x) + inverse_sigmoid(token_anchors(mask))).sigmoid()  # (B, L, 4)
         with torch.no_grad():
             score = self.object_probability(logits).masked_fill(mask.flatten(1), -1.0)  # (B, L)
-            if self.nms_iou > 0:
-                top = torch.stack([self._diverse_top(b, s) for b, s in zip(boxes, score)])  # (B, Q)
-            else:
-                top = score.topk(self.num_queries, dim=1).indices                      # (B, Q)
+            priority = self._diverse_top(boxes, score) if self.nms_iou > 0 else score     # (B, L)
+            top = priority.topk(self.num_queries, dim=1).indices                           # (B, Q)
         reference = boxes.detach().gather(1, top[:, :, None].expand(-1, -1, 4))        # (B, Q, 4)
         return Proposals(logits, boxes, reference)
 
     def _diverse_top(self, boxes: Tensor, score: Tensor) -> Tensor:
-        """boxes (L, 4), score (L,) in [0, 1], -1 on padding -> (Q,) token indices: non-maximum
-        suppression's survivors by score, then the suppressed tokens by score, padding last."""
+        """boxes (B, L, 4), score (B, L) in [0, 1], -1 on padding -> (B, L) priorities: non-maximum
+        suppression's survivors (per image) by score, then the suppressed tokens by score, padding last."""
+        image = torch.arange(len(score), device=score.device)[:, None].expand_as(score)  # (B, L)
         kept = torch.zeros_like(score)
-        kept[nms(box_cxcywh_to_xyxy(boxes), score, self.nms_iou)] = 2.0
-        priority = torch.where(score < 0, score, score + kept)                      # (L,)
-        return priority.topk(self.num_queries).indices
+        kept.view(-1)[batched_nms(box_cxcywh_to_xyxy(boxes).flatten(0, 1), score.flatten(), image.flatten(),
+                                  self.nms_iou)] = 2.0
+        return torch.where(score < 0, score, score + kept)                             # (B, L)

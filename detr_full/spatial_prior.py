@@ -52,11 +52,15 @@ def grid_boxes(num_queries: int, size: float = 0.3) -> Tensor:
     return torch.stack([cx, cy, torch.full_like(cx, size), torch.full_like(cx, size)], 1)
 
 
+def valid_cells(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """mask (B, h, w) True on padding -> each image's unpadded width and height in cells, (B,) each."""
+    return (~mask[:, 0, :]).sum(1).clamp(min=1).float(), (~mask[:, :, 0]).sum(1).clamp(min=1).float()
+
+
 def token_centres(mask: Tensor) -> Tensor:
     """mask (B, h, w) True on padding -> (B, h*w, 2) token centres (x, y), normalised by each
     image's valid (unpadded) width and height; padded tokens get values > 1."""
-    valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).float()                     # (B,)
-    valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).float()
+    valid_w, valid_h = valid_cells(mask)                                       # (B,)
     h, w = mask.shape[1:]
     y = (torch.arange(h, device=mask.device) + 0.5)[None, :] / valid_h[:, None]  # (B, h)
     x = (torch.arange(w, device=mask.device) + 0.5)[None, :] / valid_w[:, None]  # (B, w)

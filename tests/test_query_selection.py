@@ -109,9 +109,12 @@ def test_nms_prefers_proposals_that_do_not_overlap_a_better_one():
     boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.31, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2],
                           [0.7, 0.3, 0.2, 0.2], [0.1, 0.9, 0.1, 0.1]])
     score = torch.tensor([0.9, 0.8, 0.3, -1.0, 0.2])                # token 1 repeats token 0; token 3 is padding
-    assert select._diverse_top(boxes, score).tolist() == [0, 2, 4]
-    select.num_queries = 5                                           # the suppressed token before the padding
-    assert select._diverse_top(boxes, score).tolist() == [0, 2, 4, 1, 3]
+    priority = select._diverse_top(boxes[None], score[None])[0]     # one image
+    assert priority.topk(3).indices.tolist() == [0, 2, 4]
+    assert priority.topk(5).indices.tolist() == [0, 2, 4, 1, 3]     # the suppressed token before the padding
+    # two images: NMS never compares boxes of different images
+    both = select._diverse_top(torch.stack([boxes, boxes.flip(0)]), torch.stack([score, score.flip(0)]))
+    assert both[1].flip(0).topk(3).indices.tolist() == [0, 2, 4]
 
 
 def test_selection_nms_is_an_iou_and_needs_query_selection():
