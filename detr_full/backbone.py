@@ -74,16 +74,17 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class BackboneFeatures(NamedTuple):
-    """A batch the frozen ResNet has already seen, in place of its images: what `Backbone.forward`
-    returns. A loader makes it when `backbone_in_loader` is on (data/collate.py: BackboneCollate),
-    so that the workers compute the features while the main process trains on the previous batch."""
-    features: Tensor  # (B, C, h, w)
-    mask: Tensor      # (B, h, w), True on padding
+    """A batch the ResNet has already seen, in place of its images: what `Backbone.run` returns. A
+    loader makes it when `backbone_in_loader` is on (data/collate.py: BackboneCollate), so that the
+    workers compute the features while the main process trains on the previous batch."""
+    features: Tensor                 # (B, C, h, w)
+    mask: Tensor                     # (B, h, w), True on padding
+    fine: Optional[Tensor] = None    # (B, C/2, 2h, 2w): the stage before the last, with `keep_fine`
+    fine_mask: Optional[Tensor] = None  # (B, 2h, 2w)
 
     def to(self, device: Union[torch.device, str], non_blocking: bool = False) -> BackboneFeatures:
-        """Move both tensors, as `Tensor.to` does (so a batch moves the same way with or without it)."""
-        return BackboneFeatures(self.features.to(device, non_blocking=non_blocking),
-                                self.mask.to(device, non_blocking=non_blocking))
+        """Move the tensors, as `Tensor.to` does (so a batch moves the same way with or without it)."""
+        return BackboneFeatures(*(None if t is None else t.to(device, non_blocking=non_blocking) for t in self))
 
 
 class Backbone(nn.Module):
@@ -93,11 +94,13 @@ class Backbone(nn.Module):
     `train_backbone=False` freezes every parameter; otherwise the stem and layer1 stay frozen, as
     in the official code (they are generic edge detectors once pretrained), unless `train_stem`.
     `frozen_bn=False` uses trainable BatchNorm2d; `stride` 32 (official), 16 or 8 is the output
-    stride: 16 drops layer4, 8 drops layer3 and layer4.
+    stride: 16 drops layer4, 8 drops layer3 and layer4. `keep_fine`: `run` also returns the stage
+    before the last (fine_memory.py).
     """
 
     def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False,
-                 pretrained: str = "", frozen_bn: bool = True, train_stem: bool = False, stride: int = 32):
+                 pretrained: str = "", frozen_bn: bool = True, train_stem: bool = False, stride: int = 32,
+                 keep_fine: bool = False):
         super().__init__()
         if stride not in STRIDE_LAST_LAYER:
             raise ValueError(f"backbone stride={stride} is not supported; choose 32 (official), 16 or 8.")
@@ -121,6 +124,7 @@ class Backbone(nn.Module):
             self.body.load_state_dict(weights, strict=False)  # extra keys (fc, dropped stages) are not used
         basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
         self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
+        self.fine_stage = f"layer{last - 1}" if keep_fine else None          # its channels: num_channels / 2
         # oneDNN's CPU convolutions are ~15% faster on channels-last tensors (benchmarks/bench_core.py);
         # the state-dict keys and values are unchanged, only the memory layout differs.
         self.body.to(memory_format=torch.channels_last)
@@ -130,15 +134,29 @@ class Backbone(nn.Module):
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
         """images (B, 3, H, W); padding_mask (B, H, W) True on padding -> (B, C, h, w), (B, h, w)."""
-        features = self.body(images.contiguous(memory_format=torch.channels_last))  # (B, C, H/stride, W/stride)
-        mask = F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()  # nearest
-        return features, mask
+        out = self.run(images, padding_mask)
+        return out.features, out.mask
+
+    def run(self, images: Tensor, padding_mask: Tensor) -> BackboneFeatures:
+        """`forward`'s two tensors, and with `keep_fine` also the stage before the last and its mask."""
+        x, fine = images.contiguous(memory_format=torch.channels_last), None
+        for name, stage in self.body.named_children():                      # what nn.Sequential does
+            x = stage(x)
+            if name == self.fine_stage:
+                fine = x                                                    # (B, C/2, H/(stride/2), ...)
+        return BackboneFeatures(x, _downsample(padding_mask, x), fine,     # x: (B, C, H/stride, W/stride)
+                                None if fine is None else _downsample(padding_mask, fine))
 
     @property
     def frozen(self) -> bool:
         """Nothing in it can change in training: no trainable parameter, no BatchNorm statistics."""
         return not any(p.requires_grad for p in self.parameters()) and \
             not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+
+def _downsample(padding_mask: Tensor, features: Tensor) -> Tensor:
+    """padding_mask (B, H, W) -> (B, h, w), nearest, at the size of features (B, C, h, w)."""
+    return F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()
 
 
 def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
@@ -179,14 +197,15 @@ class Joiner(nn.Sequential):
                 ) -> tuple[Tensor, Tensor, Tensor]:
         """-> features (B, C, h, w), mask (B, h, w), pos (B, D, h, w) in the features' dtype.
         `images` may be the ResNet's output already (BackboneFeatures); then only the positions are made."""
-        features, mask = images if isinstance(images, BackboneFeatures) else self[0](images, padding_mask)
+        features, mask = (images.features, images.mask) if isinstance(images, BackboneFeatures) \
+            else self[0](images, padding_mask)
         pos = self[1](mask).to(features.dtype)
         return features, mask, pos
 
 
 def build_backbone(name: str, position_embedding: nn.Module, lr_backbone: float = 1e-5,
                    dilation: bool = False, pretrained: str = "", frozen_bn: bool = True,
-                   train_stem: bool = False, stride: int = 32) -> Joiner:
+                   train_stem: bool = False, stride: int = 32, keep_fine: bool = False) -> Joiner:
     return Joiner(Backbone(name, train_backbone=lr_backbone > 0, dilation=dilation,
                            pretrained=pretrained, frozen_bn=frozen_bn, train_stem=train_stem,
-                           stride=stride), position_embedding)
+                           stride=stride, keep_fine=keep_fine), position_embedding)

@@ -9,7 +9,8 @@ instead of the argparse namespace. Parameter names are the official ones.
 Opt-in hooks for DETR's successors, off by default (then the model is the official one):
 `num_query_groups` (Group DETR, group_detr.py), `focal_loss` (focal.py), `spatial_prior`
 (spatial_prior.py) and, on top of it, `anchor_queries` (anchor_queries.py), `dn_groups`
-(denoising queries, denoising.py) and `query_selection` (query_selection.py).
+(denoising queries, denoising.py), `query_selection` (query_selection.py) and `fine_memory`
+(fine_memory.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from detr_full.backbone import BackboneFeatures, build_backbone
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
 from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, denoising_weights
+from detr_full.fine_memory import FineMemory
 from detr_full.focal import SigmoidFocal, init_class_bias
 from detr_full.group_detr import GroupSetCriterion, group_queries
 from detr_full.matcher import HungarianMatcher
@@ -53,7 +55,7 @@ class DETR(nn.Module):
     def __init__(self, backbone: nn.Module, transformer: Transformer, num_classes: int,
                  num_queries: int, aux_loss: bool = False, num_query_groups: int = 1, spatial_prior: bool = False,
                  denoising: Optional[Denoising] = None, anchor_queries: bool = False, focal: bool = False,
-                 query_selection: bool = False, selection_nms: float = 0.0):
+                 query_selection: bool = False, selection_nms: float = 0.0, fine_memory: bool = False):
         super().__init__()
         if (anchor_queries or denoising is not None or query_selection) and not spatial_prior:
             raise ValueError("anchor queries (anchor_queries), denoising queries (dn_groups > 0) and query selection "
@@ -63,6 +65,10 @@ class DETR(nn.Module):
         if query_selection and num_query_groups > 1:
             raise ValueError("query_selection gives one set of queries per image; it needs num_query_groups=1, "
                              f"got {num_query_groups}.")
+        if fine_memory and (len(transformer.decoder.layers) < 2 or getattr(backbone[0], "fine_stage", None) is None):
+            raise ValueError("fine_memory adds a finer level to the decoder layers after the first: it needs at least "
+                             f"2 decoder layers (got {len(transformer.decoder.layers)}) and a backbone built with "
+                             "keep_fine=True (build_detr does this).")
         d = transformer.d_model
         self.num_queries, self.num_classes, self.aux_loss = num_queries, num_classes, aux_loss
         self.num_query_groups = num_query_groups                        # > 1: Group DETR training (group_detr.py)
@@ -85,6 +91,8 @@ class DETR(nn.Module):
                                               focal, selection_nms) if query_selection else None
         if focal and query_selection:
             init_class_bias(self.query_selection.class_embed)
+        # the backbone's stage before the last, for the decoder layers after the first (fine_memory.py)
+        self.fine_memory = FineMemory(backbone.num_channels // 2, d) if fine_memory else None
 
     def forward(self, images: Tensor | BackboneFeatures, padding_mask: Optional[Tensor] = None,
                 targets: Optional[list[dict]] = None) -> dict:
@@ -104,6 +112,14 @@ class DETR(nn.Module):
                 expected = (images.shape[0], *images.shape[2:])
                 raise ValueError(f"padding_mask must be bool of shape (B, H, W) = {expected}, True on padding; "
                                  f"got {padding_mask.dtype} {tuple(padding_mask.shape)}.")
+            if self.fine_memory is not None:                            # keep the stage before the last
+                images = self.backbone[0].run(images, padding_mask)
+        fine = None
+        if self.fine_memory is not None:
+            if images.fine is None:
+                raise ValueError("this model has fine_memory: the BackboneFeatures it is given must hold the fine "
+                                 "level (a backbone built with keep_fine=True, as build_detr does).")
+            fine = self.fine_memory(images.fine, images.fine_mask)      # (B, L2, D) tokens
         features, mask, pos = self.backbone(images, padding_mask)       # (B, C, h, w), (B, h, w), (B, D, h, w)
         batch = len(features)
         queries, query_allowed = self.query_embed.weight, None          # (Q, D)
@@ -127,12 +143,13 @@ class DETR(nn.Module):
         if self.spatial_prior is not None:
             prior = self.spatial_prior.decoding(self.bbox_embed, len(queries), mask,
                                                 dn.boxes if dn is not None else None, self.anchor_queries,
-                                                proposals.reference if proposals is not None else None)
+                                                proposals.reference if proposals is not None else None,
+                                                fine_mask=None if fine is None else images.fine_mask)
             memory_bias, refine = prior.hooks()
             if self.anchor_queries is not None:
                 position = prior.query_position()                       # (B, N+Q, D)
         hs = self.transformer.decode(memory, flat_mask, flat_pos, position, query_allowed, memory_bias,
-                                     refine, content)                   # (layers, B, Q, D)
+                                     refine, content, fine)             # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         box_logits = self.bbox_embed(hs)                                # (layers, B, Q, 4)
         if self.spatial_prior is not None:                              # boxes relative to each layer's reference
@@ -170,7 +187,7 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     backbone = build_backbone(cfg.backbone, build_position_encoding(cfg.position_embedding, cfg.hidden_dim),
                               lr_backbone=cfg.lr_backbone, dilation=cfg.dilation,
                               pretrained=cfg.pretrained_backbone, frozen_bn=cfg.frozen_bn,
-                              train_stem=cfg.train_stem, stride=cfg.backbone_stride)
+                              train_stem=cfg.train_stem, stride=cfg.backbone_stride, keep_fine=cfg.fine_memory)
     transformer = Transformer(d_model=cfg.hidden_dim, nhead=cfg.nheads, num_encoder_layers=cfg.enc_layers,
                               num_decoder_layers=cfg.dec_layers, dim_feedforward=cfg.dim_feedforward,
                               dropout=cfg.dropout, normalize_before=cfg.pre_norm, pos_at_input=cfg.position_at_input)
@@ -183,7 +200,7 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
     model = DETR(backbone, transformer, cfg.num_classes, cfg.num_queries, aux_loss=cfg.aux_loss,
                  num_query_groups=cfg.num_query_groups, spatial_prior=cfg.spatial_prior, denoising=denoising,
                  anchor_queries=cfg.anchor_queries, focal=cfg.focal_loss, query_selection=cfg.query_selection,
-                 selection_nms=cfg.selection_nms)
+                 selection_nms=cfg.selection_nms, fine_memory=cfg.fine_memory)
     focal = SigmoidFocal(cfg.num_classes, cfg.focal_alpha) if cfg.focal_loss else None
     matcher = HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, focal=focal)
     weights = loss_weights(cfg)

@@ -38,11 +38,12 @@ from detr_full.train import (LinearWarmup, build_optimizer, capture_rng_state, n
 
 # make train's recipe as it was when the committed results of notebooks 12 and 13 and
 # benchmarks/successor_fixes.py were made, as overrides of today's: the backbone's layer2-3 trained at
-# 1e-4, and the decoder's first boxes learned (no query selection, no anchor queries). The recipe now
-# freezes the backbone (backbone_in_loader: about 3x the steps per minute, about the same AP50 per
-# step) and starts its queries from the encoder's proposals (query_selection.py).
+# 1e-4, the decoder's first boxes learned (no query selection, no anchor queries) and one level of
+# memory. The recipe now freezes the backbone (backbone_in_loader: about 3x the steps per minute, about
+# the same AP50 per step), starts its queries from the encoder's proposals (query_selection.py) and
+# gives the decoder a finer level (fine_memory.py).
 COMPARISON_RECIPE: dict = dict(lr_backbone=1e-4, backbone_in_loader=False, query_selection=False, selection_nms=0.0,
-                               anchor_queries=False)
+                               anchor_queries=False, fine_memory=False)
 
 # The runs notebook 12 and benchmarks/successor_fixes.py compare: overrides of shapes_cpu_recipe().
 # "DETR" is the recipe without its spatial prior; anchor queries and denoising build on the prior

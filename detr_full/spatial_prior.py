@@ -103,15 +103,16 @@ class SpatialPrior(nn.Module):
     def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor,
                  leading: Optional[Tensor] = None,
                  position: Optional[Callable[[Tensor], Tensor]] = None,
-                 initial: Optional[Tensor] = None) -> "RefinedPrior":
+                 initial: Optional[Tensor] = None, fine_mask: Optional[Tensor] = None) -> "RefinedPrior":
         """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w);
         `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising);
         `position`: makes every layer's query positions from its reference boxes (anchor queries);
-        `initial` (B, Q, 4): this pass's first reference boxes instead of the learned ones."""
+        `initial` (B, Q, 4): this pass's first reference boxes instead of the learned ones;
+        `fine_mask` (B, h2, w2): the refined layers also attend to a finer level (fine_memory.py)."""
         reference = self.boxes(num_queries).expand(len(mask), -1, -1) if initial is None else initial  # (B, Q, 4)
         if leading is not None:
             reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
-        return RefinedPrior(reference, bbox_embed, mask, position)
+        return RefinedPrior(reference, bbox_embed, mask, position, fine_mask)
 
 
 class RefinedPrior:
@@ -120,8 +121,9 @@ class RefinedPrior:
     DETR's iterative refinement do, so each layer's box loss trains that layer's offsets only)."""
 
     def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor,
-                 position: Optional[Callable[[Tensor], Tensor]] = None):  # reference (B, Q, 4)
-        self.bbox_embed, self.mask, self.position = bbox_embed, mask, position
+                 position: Optional[Callable[[Tensor], Tensor]] = None,
+                 fine_mask: Optional[Tensor] = None):                            # reference (B, Q, 4)
+        self.bbox_embed, self.mask, self.position, self.fine_mask = bbox_embed, mask, position, fine_mask
         self.references = [reference]                                            # [(B, Q, 4)] per layer
 
     def query_position(self) -> Optional[Tensor]:
@@ -138,7 +140,10 @@ class RefinedPrior:
         boxes = (self.bbox_embed(layer_output) + inverse_sigmoid(self.references[-1])).sigmoid()
         self.references.append(boxes.detach())
         position = None if self.position is None else self.position(self.references[-1])
-        return SpatialPrior.attention_bias(self.references[-1], self.mask), position
+        bias = SpatialPrior.attention_bias(self.references[-1], self.mask)      # (B, Q, L)
+        if self.fine_mask is not None:                                           # (B, Q, L + L2)
+            bias = torch.cat([bias, SpatialPrior.attention_bias(self.references[-1], self.fine_mask)], -1)
+        return bias, position
 
     def stacked_references(self) -> Tensor:
         """(layers, B, Q, 4): the reference each decoder layer predicted its boxes from."""

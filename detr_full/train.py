@@ -199,6 +199,9 @@ def check_supported(cfg: TrainConfig) -> None:
     if not 0 <= cfg.selection_nms < 1 or (cfg.selection_nms and not cfg.query_selection):
         raise ConfigError(f"--selection_nms {cfg.selection_nms}: the IoU above which query selection skips a proposal, "
                           "in [0, 1) (0: no NMS), and only with --query_selection.")
+    if cfg.fine_memory and cfg.dec_layers < 2:
+        raise ConfigError(f"--fine_memory gives the decoder layers after the first a finer level to attend to: it needs "
+                          f"--dec_layers 2 or more; got {cfg.dec_layers}.")
     if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
         raise ConfigError(f"--focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
     if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from detr_full.fine_memory import FineTokens
+
 # a decoder layer's normalised output (B, Q, D) -> the next layer's (memory_bias, query_pos or None)
 Refine = Callable[[Tensor], tuple[Optional[Tensor], Optional[Tensor]]]
 
@@ -171,14 +173,21 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
                 query_pos: Tensor, query_allowed: Optional[Tensor] = None,
-                memory_bias: Optional[Tensor] = None, refine: Optional[Refine] = None) -> Tensor:
+                memory_bias: Optional[Tensor] = None, refine: Optional[Refine] = None,
+                fine: Optional[FineTokens] = None) -> Tensor:
         """-> (num_layers, B, Q, D): the normalised output of every layer. `refine`, when given, maps
         a layer's normalised output to the next layer's (memory_bias, query_pos); a None query_pos
-        keeps the current one."""
+        keeps the current one. `fine` (fine_memory.py) joins the memory of every layer after the
+        first, whose memory_bias must then cover both (B, Q, L + L2)."""
         memory_with_pos = memory + pos
+        levels = [(memory, memory_with_pos, memory_padding_mask)]                  # layer 0's memory
+        if fine is not None:                                                       # (B, L + L2, D), (B, L + L2)
+            levels.append((torch.cat([memory, fine.memory], 1), torch.cat([memory_with_pos, fine.memory + fine.pos], 1),
+                            torch.cat([memory_padding_mask, fine.mask], 1)))
         outputs = []
         for i, layer in enumerate(self.layers):
-            tgt = layer(tgt, memory, memory_with_pos, memory_padding_mask, query_pos, query_allowed, memory_bias)
+            keys, keys_with_pos, keys_mask = levels[min(i, len(levels) - 1)]
+            tgt = layer(tgt, keys, keys_with_pos, keys_mask, query_pos, query_allowed, memory_bias)
             outputs.append(self.norm(tgt))
             if refine is not None and i + 1 < len(self.layers):
                 memory_bias, next_pos = refine(outputs[-1])
@@ -232,9 +241,12 @@ class Transformer(nn.Module):
 
     def decode(self, memory: Tensor, mask: Tensor, pos: Tensor, query_embed: Tensor,
                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
-               refine: Optional[Refine] = None, query_content: Optional[Tensor] = None) -> Tensor:
-        """`encode`'s three outputs and `forward`'s query arguments -> hs (num_decoder_layers, B, Q, D)."""
+               refine: Optional[Refine] = None, query_content: Optional[Tensor] = None,
+               fine: Optional[FineTokens] = None) -> Tensor:
+        """`encode`'s three outputs and `forward`'s query arguments -> hs (num_decoder_layers, B, Q, D).
+        `fine`: more memory for the layers after the first (fine_memory.py)."""
         query_pos = query_embed.expand(len(memory), -1, -1)                # (B, Q, D)
         # the decoder starts from zeros; queries enter as positions
         tgt = torch.zeros_like(query_pos) if query_content is None else query_content
-        return self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias, refine)  # (layers, B, Q, D)
+        return self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias, refine,
+                            fine)                                           # (layers, B, Q, D)

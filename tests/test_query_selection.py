@@ -86,7 +86,7 @@ def test_the_decoder_starts_from_the_best_proposals():
     model = build_detr(TINY)[0].eval()
     seen = []
     decoding = model.spatial_prior.decoding
-    model.spatial_prior.decoding = lambda *args: seen.append(args[-1]) or decoding(*args)
+    model.spatial_prior.decoding = lambda *args, **kwargs: seen.append(args[-1]) or decoding(*args, **kwargs)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     enc = out["enc_outputs"]                                         # (1, 2 * 3, .) at stride 32

@@ -69,5 +69,5 @@ class BackboneCollate:
                  ) -> tuple[BackboneFeatures, Tensor, list[dict[str, Any]]]:
         images, padding_mask, targets = collate_fn(batch)   # (B, 3, H, W), (B, H, W)
         with torch.no_grad():
-            features = BackboneFeatures(*self.backbone(images, padding_mask))  # (B, C, h, w), (B, h, w)
+            features = self.backbone.run(images, padding_mask)  # (B, C, h, w), (B, h, w) (+ the fine level)
         return features, padding_mask, targets
