@@ -9,6 +9,7 @@ from detr_full.backbone import Backbone
 from detr_full.config import DETRConfig
 from detr_full.data.collate import BackboneCollate
 from detr_full.detr import build_detr
+from detr_full.fine_memory import on_coarse_cells
 from detr_full.spatial_prior import SpatialPrior
 from detr_full.train import ConfigError, TrainConfig, check_supported
 
@@ -93,3 +94,13 @@ def test_bad_uses_are_clear_errors():
     with pytest.raises(ValueError, match="must hold the fine level"):
         model(plain, mask)
     assert not any("fine_memory" in k for k in build_detr(dataclasses.replace(TINY, fine_memory=False))[0].state_dict())
+
+
+def test_fine_cells_add_to_the_coarse_cell_holding_them():
+    coarse = torch.tensor([1.0, 2.0, 3.0, 4.0])                      # 2 x 2 coarse cells
+    fine = torch.arange(1.0, 10.0)                                   # 3 x 3 fine cells (an odd-sized image)
+    folded = on_coarse_cells(torch.cat([coarse, fine]), (2, 2), (3, 3))
+    # fine rows 0-1 / cols 0-1 -> cell (0, 0): 1 + 2 + 4 + 5; row 2 and col 2 -> the second row / column
+    torch.testing.assert_close(folded, torch.tensor([[1.0 + 12, 2.0 + 9], [3.0 + 15, 4.0 + 9]]))
+    weights = torch.rand(2, 5, 4 + 9).softmax(-1)                    # (B, Q, L + L2) attention rows
+    torch.testing.assert_close(on_coarse_cells(weights, (2, 2), (3, 3)).sum((-2, -1)), torch.ones(2, 5))
