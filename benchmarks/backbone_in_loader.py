@@ -26,10 +26,13 @@ import torch
 
 from detr_full.config import model_config, shapes_cpu_recipe
 from detr_full.data.coco import build_dataset
+from detr_full.data.loaders import train_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.engine import train_one_epoch
-from detr_full.train import build_optimizer, num_classes_of, parse_scales, seed_everything, train_loader
+from detr_full.optim import build_optimizer
+from detr_full.rng import seed_everything
+from detr_full.train import num_classes_of, parse_scales
 
 
 VARIANTS = {  # overrides of the recipe (random weights: the speed does not depend on them)

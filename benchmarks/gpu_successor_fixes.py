@@ -32,7 +32,7 @@ from detr_full.config import model_config, shapes_cpu_recipe
 from detr_full.detr import build_detr
 from detr_full.engine import _autocast, train_one_epoch
 from detr_full.learning_curve import COMPARISON_RECIPE, SUCCESSOR_FIXES
-from detr_full.train import build_optimizer
+from detr_full.optim import build_optimizer
 
 SIZES = {
     "recipe": dict(overrides={}, batch=8, height=160, width=224),

@@ -30,12 +30,14 @@ import torch
 
 from detr_full.config import TrainConfig, add_config_arguments, model_config, shapes_cpu_recipe
 from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.engine import evaluate, train_one_epoch
+from detr_full.optim import LinearWarmup, build_optimizer
 from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
-from detr_full.train import LinearWarmup, build_optimizer, num_classes_of, parse_scales, seed_everything, \
-    train_loader, val_loader
+from detr_full.rng import seed_everything
+from detr_full.train import num_classes_of, parse_scales
 
 
 class _Budget(Exception):

@@ -28,13 +28,15 @@ from torch.utils.data import Subset
 
 from detr_full.config import TrainConfig, model_config
 from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.engine import evaluate, train_one_epoch
+from detr_full.optim import LinearWarmup, build_optimizer
 from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
-from detr_full.train import (LinearWarmup, build_optimizer, capture_rng_state, num_classes_of, parse_scales,
-                             resolve_device, restore_rng_state, seed_everything, train_loader, val_loader)
+from detr_full.rng import capture_rng_state, restore_rng_state, seed_everything
+from detr_full.train import num_classes_of, parse_scales, resolve_device
 
 # make train's recipe as it was when the committed results of notebooks 12 and 13 and
 # benchmarks/successor_fixes.py were made, as overrides of today's: the backbone's layer2-3 trained at

@@ -12,13 +12,14 @@ Differences from the official `main.py`:
 - `num_classes` comes from the annotation file (max category id + 1: 91 on COCO, as the official
   hard-coded value) unless `--num_classes` is passed explicitly.
 - `--device auto` (default) picks CUDA when available; distributed runs use gloo on CPU.
-- Resume is exact: checkpoints also hold the RNG states of every process (`rng`) and the warm-up
-  state (`warmup`), the training order depends only on `--seed` and the epoch, and evaluation
-  leaves the RNG untouched. Resuming at an epoch boundary reproduces an uninterrupted run bit for
-  bit (CPU, `num_workers` unchanged). `args` is a plain dict and `categories` ({id: name}) is added,
-  so checkpoints load with `torch.load(weights_only=True)` and `predict.py` can name classes.
+- Resume is exact: checkpoints also hold the RNG states of every process (`rng`; rng.py) and
+  the warm-up state (`warmup`), the training order depends only on `--seed` and the epoch
+  (data/loaders.py), and evaluation leaves the RNG untouched. Resuming at an epoch boundary
+  reproduces an uninterrupted run bit for bit (CPU, `num_workers` unchanged). `args` is a plain
+  dict and `categories` ({id: name}) is added, so checkpoints load with
+  `torch.load(weights_only=True)` and `predict.py` can name classes.
 - `--finetune_from CKPT` loads weights only and drops those whose shape differs (class head,
-  queries); `--warmup_steps N` adds a linear lr warm-up over the first N iterations.
+  queries); `--warmup_steps N` adds a linear lr warm-up over the first N iterations (optim.py).
 - A non-finite loss stops training with a clear message (exit code 1) and leaves the last good
   checkpoint in place; bad input (dataset, checkpoint, unsupported flag) exits with code 2.
 - `eval.pth` / `eval/*.pth` hold the COCOeval.eval dict with numpy arrays turned into tensors and
@@ -35,9 +36,7 @@ import dataclasses
 import datetime
 import io
 import json
-import math
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -46,100 +45,25 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from detr_full.checkpoint import (CheckpointError, find_course_checkpoint, load_checkpoint, load_model_weights,
                                   save_checkpoint)
 from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
 from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
-from detr_full.data.collate import BackboneCollate, collate_fn
-from detr_full.data.sampler import GroupedBatchSampler, aspect_ratios
+from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
+from detr_full.optim import LinearWarmup, build_optimizer
 from detr_full.pretrain import PRETRAIN, TASKS, pretrained_backbone_path
+from detr_full.rng import capture_rng_state, restore_rng_state, seed_everything
 from detr_full.viz import plot_logs
 
 
 class ConfigError(ValueError):
     """A flag combination detr-course cannot run; the message says what to do instead."""
-
-
-# --------------------------------------------------------------------------- learning-rate warm-up
-
-class LinearWarmup:
-    """Per-iteration linear lr warm-up: iteration i < warmup_steps uses lr * (i + 1) / warmup_steps.
-
-    It scales `group["lr"]` in place, like a LambdaLR, and composes with the per-epoch StepLR
-    (which also scales `group["lr"]`). Call `step()` after every `optimizer.step()`;
-    `state_dict()` / `load_state_dict()` make it part of the checkpoint.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int):
-        self.optimizer, self.warmup_steps, self.step_count = optimizer, warmup_steps, 0
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self._set(self.factor(0))
-
-    def factor(self, step: int) -> float:
-        return 1.0 if step >= self.warmup_steps else (step + 1) / self.warmup_steps
-
-    def _set(self, factor: float) -> None:
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-
-    def step(self) -> None:
-        old = self.factor(self.step_count)
-        self.step_count += 1
-        new = self.factor(self.step_count)
-        if new == old:
-            return
-        for i, group in enumerate(self.optimizer.param_groups):
-            undecorated = group["lr"] / old
-            if not math.isclose(undecorated, self.base_lrs[i], rel_tol=1e-6):
-                self.base_lrs[i] = undecorated  # the StepLR dropped the lr during warm-up
-        self._set(new)  # base * 1.0 at the end: exactly the scheduled lr, no rounding drift
-
-    def state_dict(self) -> dict:
-        return {"warmup_steps": self.warmup_steps, "step_count": self.step_count, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.warmup_steps, self.step_count = int(state["warmup_steps"]), int(state["step_count"])
-        self.base_lrs = [float(x) for x in state["base_lrs"]]
-
-
-# --------------------------------------------------------------------------- RNG state (exact resume)
-
-def capture_rng_state() -> dict:
-    """torch / CUDA / numpy / Python RNG states as tensors and plain values (weights_only-loadable)."""
-    version, internal, gauss_next = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                   "gauss_next": gauss_next},
-    }
-
-
-def restore_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -241,60 +165,6 @@ def num_classes_of(dataset) -> int:
     if ann is not None:
         return num_classes_from_annotations(ann)
     return max(category_names(dataset), default=0) + 1
-
-
-def train_sampler(dataset, cfg: TrainConfig, epoch: int, distributed: bool):
-    """Shuffled order that depends only on (seed, epoch): exact resume needs no sampler state."""
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed)
-        sampler.set_epoch(epoch)
-        return sampler
-    return RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-
-
-def batch_collate(cfg: TrainConfig, model: Optional[nn.Module]):
-    """The loaders' collate: pad the images, and with `backbone_in_loader` also run `model`'s frozen
-    ResNet on them in the workers (data/collate.py: BackboneCollate). Without workers
-    (`num_workers=0`) or with the model on a GPU, the model runs its ResNet itself: the same
-    numbers, and nothing to gain."""
-    if not cfg.backbone_in_loader or cfg.num_workers == 0:
-        return collate_fn
-    if model is None:
-        raise ValueError("backbone_in_loader: pass the model to the loader (train_loader(..., model=model)); "
-                         "its workers run the model's frozen ResNet.")
-    backbone = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).backbone[0]
-    if next(backbone.parameters()).device.type != "cpu":
-        return collate_fn               # on a GPU the model's own ResNet is faster than the CPU workers
-    return BackboneCollate(backbone)
-
-
-def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool,
-                 model: Optional[nn.Module] = None) -> DataLoader:
-    """Shuffled batches for one epoch (`model`: only read with `backbone_in_loader`)."""
-    sampler = train_sampler(dataset, cfg, epoch, distributed)
-    if cfg.aspect_ratio_grouping:
-        batches = GroupedBatchSampler(sampler, aspect_ratios(dataset), cfg.batch_size)
-    else:
-        batches = BatchSampler(sampler, cfg.batch_size, drop_last=True)
-    # The loader's generator seeds the workers' augmentation RNGs: also a function of (seed, epoch, rank).
-    generator = torch.Generator().manual_seed(cfg.seed + epoch + 1_000_003 * get_rank())
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=batch_collate(cfg, model),
-                      num_workers=cfg.num_workers, generator=generator)
-
-
-def val_loader(dataset, cfg: TrainConfig, distributed: bool, model: Optional[nn.Module] = None) -> DataLoader:
-    sampler = DistributedSampler(dataset, shuffle=False) if distributed else SequentialSampler(dataset)
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
-                      collate_fn=batch_collate(cfg, model), num_workers=cfg.num_workers,
-                      generator=torch.Generator().manual_seed(cfg.seed))
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with two groups as the official main.py: non-backbone (lr) first, backbone (lr_backbone)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if "backbone" not in n]},
-              {"params": [p for n, p in named if "backbone" in n], "lr": cfg.lr_backbone}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _prefixed(prefix: str, stats: dict) -> dict:

@@ -15,7 +15,7 @@ from detr_full.checkpoint import save_checkpoint
 from detr_full.config import DETRConfig, TrainConfig
 from detr_full.data.shapes import make_shapes
 from detr_full.detr import build_detr
-from detr_full.train import LinearWarmup, cli, main, parse_args
+from detr_full.train import cli, main, parse_args
 from detr_full.viz import plot_logs, read_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,42 +115,6 @@ def test_backbone_in_loader_trains_the_same_model(shapes, tmp_path):
     b = torch.load(tmp_path / "loader" / "checkpoint.pth", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_log(tmp_path / "model") == read_log(tmp_path / "loader")
-
-
-def test_backbone_in_loader_needs_workers_and_the_model():
-    from detr_full.config import shapes_cpu_recipe
-    from detr_full.data.collate import BackboneCollate, collate_fn
-    from detr_full.train import batch_collate
-    assert shapes_cpu_recipe().backbone_in_loader
-    assert batch_collate(shapes_cpu_recipe(num_workers=0), None) is collate_fn   # no workers: the model runs it
-    with pytest.raises(ValueError, match="pass the model to the loader"):
-        batch_collate(shapes_cpu_recipe(num_workers=1), None)
-    model = build_detr(DETRConfig(**{k: v for k, v in TINY.items() if hasattr(DETRConfig, k)}, num_classes=19))[0]
-    assert isinstance(batch_collate(shapes_cpu_recipe(num_workers=1), model), BackboneCollate)
-    assert batch_collate(shapes_cpu_recipe(num_workers=1), model.to("meta")) is collate_fn   # not on the CPU
-
-
-def _lrs(warmup_steps: int, drop_at: int, steps: int = 6) -> tuple[list[float], list[float]]:
-    """Per-iteration lrs of the two param groups with a warm-up and a StepLR drop before `drop_at`."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([{"params": [param]}, {"params": [], "lr": 1e-5}], lr=1e-4)
-    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    warmup = LinearWarmup(optimizer, warmup_steps)
-    lrs = []
-    for i in range(steps):
-        if i == drop_at:
-            step_lr.step()   # an epoch boundary: x 0.1
-        lrs.append([group["lr"] for group in optimizer.param_groups])
-        optimizer.step()
-        warmup.step()
-    return [lr[0] for lr in lrs], [lr[1] for lr in lrs]
-
-
-def test_linear_warmup_composes_with_step_lr():
-    lrs, _ = _lrs(warmup_steps=4, drop_at=3)
-    assert lrs == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-5, 1e-5, 1e-5], rel=1e-9)
-    # After the warm-up the lrs are exactly StepLR's own (no rounding drift from the factors).
-    assert _lrs(warmup_steps=2, drop_at=4)[1][2:] == _lrs(warmup_steps=0, drop_at=4)[1][2:]
 
 
 def test_finetune_from_other_num_classes(trained, shapes, capsys):
