@@ -23,12 +23,12 @@ from pycocotools.cocoeval import COCOeval
 
 from detr_full.checkpoint import load_checkpoint
 from detr_full.config import TrainConfig, config_from_dict
-from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.coco import coco_api
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import ensure_shapes
 from detr_full.engine import coco_results
 from detr_full.predict import load_predictor
-from detr_full.train import parse_scales
+from detr_full.train import dataset_for
 
 IOUS = (0.1, 0.3, 0.5, 0.75)
 
@@ -36,8 +36,7 @@ IOUS = (0.1, 0.3, 0.5, 0.75)
 def detections(checkpoint: str) -> tuple[list[dict], object]:
     predictor, postprocess, _, _ = load_predictor(checkpoint, device="cpu")
     cfg = config_from_dict(TrainConfig, load_checkpoint(checkpoint)["args"])
-    dataset = build_dataset("val", cfg.coco_path or ensure_shapes(), scales=parse_scales(cfg.scales),
-                            max_size=cfg.max_size, val_size=cfg.val_size)
+    dataset = dataset_for(cfg, "val", cfg.coco_path or ensure_shapes())
     found: list[dict] = []
     with torch.no_grad():
         for images, padding_mask, targets in torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate_fn):

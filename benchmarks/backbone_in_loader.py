@@ -25,14 +25,13 @@ import time
 import torch
 
 from detr_full.config import model_config, shapes_cpu_recipe
-from detr_full.data.coco import build_dataset
 from detr_full.data.loaders import train_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
 from detr_full.engine import train_one_epoch
 from detr_full.optim import build_optimizer
 from detr_full.rng import seed_everything
-from detr_full.train import num_classes_of, parse_scales
+from detr_full.train import dataset_for, num_classes_of
 
 
 VARIANTS = {  # overrides of the recipe (random weights: the speed does not depend on them)
@@ -55,8 +54,7 @@ def steps_per_second(overrides: dict, steps: int) -> float:
     torch.set_num_threads(overrides.pop("threads", 1))
     cfg = shapes_cpu_recipe(pretrained_backbone="", **overrides)
     root = str(ensure_shapes())
-    dataset = build_dataset("train", root, scales=parse_scales(cfg.scales), max_size=cfg.max_size,
-                            val_size=cfg.val_size)
+    dataset = dataset_for(cfg, "train", root)
     cfg = dataclasses.replace(cfg, num_classes=num_classes_of(dataset))
     seed_everything(cfg.seed)
     model, criterion, _ = build_detr(model_config(cfg))

@@ -20,11 +20,10 @@ import torch
 from detr_full import box_ops
 from detr_full.checkpoint import load_checkpoint, load_model_weights
 from detr_full.config import TrainConfig, config_from_dict, model_config
-from detr_full.data.coco import build_dataset
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
-from detr_full.train import parse_scales
+from detr_full.train import dataset_for
 
 
 def main() -> None:
@@ -43,8 +42,7 @@ def main() -> None:
     priors = []                                                      # each forward pass's RefinedPrior
     decoding = model.spatial_prior.decoding
     model.spatial_prior.decoding = lambda *a, **k: priors.append(decoding(*a, **k)) or priors[-1]
-    dataset = build_dataset("val", cfg.coco_path or ensure_shapes(), scales=parse_scales(cfg.scales),
-                            max_size=cfg.max_size, val_size=cfg.val_size)
+    dataset = dataset_for(cfg, "val", cfg.coco_path or ensure_shapes())
     ious = []                                                        # (matched, 1 + layers) per batch
     with torch.no_grad():
         for images, padding_mask, targets in torch.utils.data.DataLoader(dataset, batch_size=8, collate_fn=collate_fn):

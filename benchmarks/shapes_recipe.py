@@ -29,7 +29,7 @@ import time
 import torch
 
 from detr_full.config import TrainConfig, add_config_arguments, model_config, shapes_cpu_recipe
-from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.coco import coco_api
 from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
@@ -37,7 +37,7 @@ from detr_full.engine import evaluate, train_one_epoch
 from detr_full.optim import LinearWarmup, build_optimizer
 from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
 from detr_full.rng import seed_everything
-from detr_full.train import num_classes_of, parse_scales
+from detr_full.train import dataset_for, num_classes_of
 
 
 class _Budget(Exception):
@@ -75,9 +75,7 @@ def main(argv: list[str]) -> None:
         cfg = dataclasses.replace(cfg, pretrained_backbone=str(pretrained_backbone_path(cfg, root, cache)))
         pretrain_wall, pretrain_cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"[{ns.name}] pretraining: {pretrain_wall:.0f} s wall, {pretrain_cpu:.0f} s CPU", flush=True)
-    scales = parse_scales(cfg.scales)
-    ds_train = build_dataset("train", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
-    ds_val = build_dataset("val", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
+    ds_train, ds_val = dataset_for(cfg, "train", root), dataset_for(cfg, "val", root)
     cfg = dataclasses.replace(cfg, num_classes=num_classes_of(ds_train))
     model, criterion, postprocess = build_detr(model_config(cfg))
     optimizer = build_optimizer(model, cfg)

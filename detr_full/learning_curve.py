@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
 from torch import nn
 from torch.utils.data import Subset
 
 from detr_full.config import TrainConfig, model_config
-from detr_full.data.coco import build_dataset, coco_api
+from detr_full.data.coco import coco_api
 from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
@@ -36,7 +35,7 @@ from detr_full.engine import evaluate, train_one_epoch
 from detr_full.optim import LinearWarmup, build_optimizer
 from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
 from detr_full.rng import capture_rng_state, restore_rng_state, seed_everything
-from detr_full.train import num_classes_of, parse_scales, resolve_device
+from detr_full.train import dataset_for, num_classes_of, resolve_device
 
 # make train's recipe as it was when the committed results of notebooks 12 and 13 and
 # benchmarks/successor_fixes.py were made, as overrides of today's: the backbone's layer2-3 trained at
@@ -83,9 +82,7 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     root = Path(cfg.coco_path) if cfg.coco_path else ensure_shapes()
     if cfg.pretrained_backbone == PRETRAIN:
         cfg = dataclasses.replace(cfg, pretrained_backbone=str(pretrained_backbone_path(cfg, root)))
-    scales = parse_scales(cfg.scales)
-    ds_val = build_dataset("val", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
-    ds_train = build_dataset("train", root, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
+    ds_val, ds_train = dataset_for(cfg, "val", root), dataset_for(cfg, "train", root)
     if val_images is not None:
         ds_val = Subset(ds_val, range(min(val_images, len(ds_val))))
     cfg = dataclasses.replace(cfg, num_classes=num_classes_of(ds_train))

@@ -40,7 +40,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from torch import nn
 from detr_full.checkpoint import (CheckpointError, find_course_checkpoint, load_checkpoint, load_model_weights,
                                   save_checkpoint)
 from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
-from detr_full.data.coco import DatasetError, build_dataset, coco_api, num_classes_from_annotations
+from detr_full.data.coco import CocoDetection, DatasetError, build_dataset, coco_api, num_classes_from_annotations
 from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
 from detr_full.detr import build_detr
@@ -148,6 +148,13 @@ def parse_scales(text: Optional[str]) -> Optional[list[int]]:
         raise ConfigError(f"--scales must be comma-separated integers like 480,512,544; got {text!r}.") from None
 
 
+def dataset_for(cfg: TrainConfig, image_set: str, coco_path: Union[str, Path]) -> CocoDetection:
+    """`image_set` ("train" | "val") of the COCO-layout folder `coco_path`, at the run's image sizes
+    (`scales`, `max_size`, `val_size`)."""
+    return build_dataset(image_set, coco_path, scales=parse_scales(cfg.scales), max_size=cfg.max_size,
+                         val_size=cfg.val_size)
+
+
 def annotation_file(dataset) -> Optional[Path]:
     """The annotation JSON a dataset was read from, when the dataset says so."""
     for attr in ("ann_file", "annotation_file", "annFile"):
@@ -212,10 +219,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
         coco_path = str(ensure_shapes()) if main_process else None
         coco_path = all_gather_object(coco_path)[0]  # other ranks wait for rank 0's generation
         log(f"No --coco_path: using the synthetic shapes dataset in {coco_path}")
-    scales = parse_scales(cfg.scales)
-    dataset_val = build_dataset("val", coco_path, scales=scales, max_size=cfg.max_size, val_size=cfg.val_size)
-    dataset_train = None if cfg.eval else build_dataset("train", coco_path, scales=scales, max_size=cfg.max_size,
-                                                        val_size=cfg.val_size)
+    dataset_val = dataset_for(cfg, "val", coco_path)
+    dataset_train = None if cfg.eval else dataset_for(cfg, "train", coco_path)
     reference_set = dataset_val if dataset_train is None else dataset_train
     needed = num_classes_of(reference_set)
     if derive_num_classes is None:
