@@ -9,9 +9,9 @@ the models have no auxiliary outputs; `return_postprocessor=True` also returns a
 
 dependencies = ["torch", "torchvision", "scipy"]
 
+from detr_full.build import build_detr  # noqa: E402
 from detr_full.checkpoint import OFFICIAL_URLS, load_checkpoint, load_model_weights  # noqa: E402
 from detr_full.config import DETRConfig  # noqa: E402
-from detr_full.detr import build_detr  # noqa: E402
 
 
 def _make_detr(entry: str, backbone: str, dilation: bool, pretrained: bool, num_classes: int,

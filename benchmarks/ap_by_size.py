@@ -28,7 +28,7 @@ from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import ensure_shapes
 from detr_full.engine import coco_results
 from detr_full.predict import load_predictor
-from detr_full.train import dataset_for
+from detr_full.run_setup import dataset_for
 
 IOUS = (0.1, 0.3, 0.5, 0.75)
 

@@ -17,21 +17,15 @@ second core.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import statistics
 import time
 
 import torch
 
-from detr_full.config import model_config, shapes_cpu_recipe
-from detr_full.data.loaders import train_loader
-from detr_full.data.shapes import ensure_shapes
-from detr_full.detr import build_detr
+from detr_full.config import shapes_cpu_recipe
 from detr_full.engine import train_one_epoch
-from detr_full.optim import build_optimizer
-from detr_full.rng import seed_everything
-from detr_full.train import dataset_for, num_classes_of
+from detr_full.run_setup import setup_run
 
 
 VARIANTS = {  # overrides of the recipe (random weights: the speed does not depend on them)
@@ -52,17 +46,11 @@ VARIANTS = {  # overrides of the recipe (random weights: the speed does not depe
 def steps_per_second(overrides: dict, steps: int) -> float:
     overrides = dict(overrides)
     torch.set_num_threads(overrides.pop("threads", 1))
-    cfg = shapes_cpu_recipe(pretrained_backbone="", **overrides)
-    root = str(ensure_shapes())
-    dataset = dataset_for(cfg, "train", root)
-    cfg = dataclasses.replace(cfg, num_classes=num_classes_of(dataset))
-    seed_everything(cfg.seed)
-    model, criterion, _ = build_detr(model_config(cfg))
-    optimizer = build_optimizer(model, cfg)
-    loader = train_loader(dataset, cfg, 0, False, model)
+    run = setup_run(shapes_cpu_recipe(pretrained_backbone="", **overrides))
+    loader = run.train_loader(epoch=0)
     marks: list[float] = []
     batches = itertools.islice(loader, 5 + steps)         # the worker's start is inside the warm-up
-    train_one_epoch(model, criterion, batches, optimizer, "cpu", 0, cfg.clip_max_norm,
+    train_one_epoch(run.model, run.criterion, batches, run.optimizer, "cpu", 0, run.cfg.clip_max_norm,
                     scheduler_step=lambda: marks.append(time.perf_counter()), progress=False)
     return steps / (marks[-1] - marks[4])
 

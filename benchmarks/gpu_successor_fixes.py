@@ -20,7 +20,6 @@ with padding, 1 to 8 random boxes per image, labels 1..18):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -28,10 +27,10 @@ import time
 
 import torch
 
+from detr_full.build import build_detr
 from detr_full.config import model_config, shapes_cpu_recipe
-from detr_full.detr import build_detr
+from detr_full.course import COMPARISON_RECIPE, SUCCESSOR_FIXES
 from detr_full.engine import _autocast, train_one_epoch
-from detr_full.learning_curve import COMPARISON_RECIPE, SUCCESSOR_FIXES
 from detr_full.optim import build_optimizer
 
 SIZES = {

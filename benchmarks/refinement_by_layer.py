@@ -18,12 +18,12 @@ import json
 import torch
 
 from detr_full import box_ops
+from detr_full.build import build_detr
 from detr_full.checkpoint import load_checkpoint, load_model_weights
 from detr_full.config import TrainConfig, config_from_dict, model_config
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import ensure_shapes
-from detr_full.detr import build_detr
-from detr_full.train import dataset_for
+from detr_full.run_setup import dataset_for
 
 
 def main() -> None:

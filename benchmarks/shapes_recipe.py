@@ -28,16 +28,10 @@ import time
 
 import torch
 
-from detr_full.config import TrainConfig, add_config_arguments, model_config, shapes_cpu_recipe
+from detr_full.config import TrainConfig, add_config_arguments, shapes_cpu_recipe
 from detr_full.data.coco import coco_api
-from detr_full.data.loaders import train_loader, val_loader
-from detr_full.data.shapes import ensure_shapes
-from detr_full.detr import build_detr
 from detr_full.engine import evaluate, train_one_epoch
-from detr_full.optim import LinearWarmup, build_optimizer
-from detr_full.pretrain import PRETRAIN, pretrained_backbone_path
-from detr_full.rng import seed_everything
-from detr_full.train import dataset_for, num_classes_of
+from detr_full.run_setup import setup_run
 
 
 class _Budget(Exception):
@@ -65,21 +59,12 @@ def main(argv: list[str]) -> None:
         parser.error("give a budget: --seconds and/or --steps (the run stops at whichever comes first)")
     cfg = TrainConfig(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig)})
     torch.set_num_threads(ns.threads)
-    seed_everything(cfg.seed)
-
-    root = cfg.coco_path or str(ensure_shapes())
-    pretrain_wall = pretrain_cpu = 0.0
-    if cfg.pretrained_backbone == PRETRAIN:
-        t0, c0 = time.perf_counter(), time.process_time()
-        cache = ns.pretrain_cache or tempfile.mkdtemp(prefix="pretrain-probe-")
-        cfg = dataclasses.replace(cfg, pretrained_backbone=str(pretrained_backbone_path(cfg, root, cache)))
-        pretrain_wall, pretrain_cpu = time.perf_counter() - t0, time.process_time() - c0
+    run = setup_run(cfg, pretrain_cache=ns.pretrain_cache or tempfile.mkdtemp(prefix="pretrain-probe-"))
+    pretrain_wall, pretrain_cpu = run.pretrain_wall_s, run.pretrain_cpu_s
+    if pretrain_wall:
         print(f"[{ns.name}] pretraining: {pretrain_wall:.0f} s wall, {pretrain_cpu:.0f} s CPU", flush=True)
-    ds_train, ds_val = dataset_for(cfg, "train", root), dataset_for(cfg, "val", root)
-    cfg = dataclasses.replace(cfg, num_classes=num_classes_of(ds_train))
-    model, criterion, postprocess = build_detr(model_config(cfg))
-    optimizer = build_optimizer(model, cfg)
-    warmup = LinearWarmup(optimizer, cfg.warmup_steps)
+    cfg, model, criterion, postprocess = run.cfg, run.model, run.criterion, run.postprocess
+    optimizer, warmup, ds_val = run.optimizer, run.warmup, run.val_set
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[{ns.name}] {n_params:,} trainable parameters", flush=True)
 
@@ -89,8 +74,7 @@ def main(argv: list[str]) -> None:
     curve: list[dict] = []
 
     def run_eval() -> dict:
-        stats, _ = evaluate(model, criterion, postprocess, val_loader(ds_val, cfg, False, model), coco_api(ds_val),
-                            "cpu", progress=False)
+        stats, _ = evaluate(model, criterion, postprocess, run.val_loader(), coco_api(ds_val), "cpu", progress=False)
         ap = stats["coco_eval_bbox"]
         return {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
                 "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
@@ -141,7 +125,7 @@ def main(argv: list[str]) -> None:
     epoch = 0
     try:
         while True:
-            batches = train_loader(ds_train, cfg, epoch, False, model)
+            batches = run.train_loader(epoch)
             stats = train_one_epoch(model, criterion, batches, optimizer, "cpu", epoch, cfg.clip_max_norm,
                                     scheduler_step=after_step, progress=False)
             print(f"[{ns.name}] epoch {epoch} done at step {steps}: loss {stats['loss']:.3f}", flush=True)

@@ -21,8 +21,9 @@ import sys
 import torch
 
 from detr_full.config import shapes_cpu_recipe
+from detr_full.course import COMPARISON_RECIPE, SUCCESSOR_FIXES
 from detr_full.data.shapes import ensure_shapes
-from detr_full.learning_curve import COMPARISON_RECIPE, SUCCESSOR_FIXES, learning_curve
+from detr_full.learning_curve import learning_curve
 from detr_full.pretrain import PretrainConfig, ensure_pretrained
 
 

@@ -16,7 +16,7 @@ import pickle
 import tempfile
 import urllib.error
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import torch
 from torch import Tensor, nn
@@ -28,16 +28,6 @@ OFFICIAL_URLS = {
     "detr_resnet101_dc5": "https://dl.fbaipublicfiles.com/detr/detr-r101-dc5-a2e86def.pth",
     "detr_demo": "https://dl.fbaipublicfiles.com/detr/detr_demo-da2a99e9.pth",
 }
-
-
-# The shapes detectors the course trains, best first (paths from the repository root): `make train`'s
-# (AP50 about 0.5) and notebook 08's (about 0.3). Notebooks 10 and 11 start from the first that exists.
-COURSE_CHECKPOINTS = ("outputs/shapes/checkpoint.pth", "outputs/08_training_on_shapes/checkpoint.pth")
-
-
-def find_course_checkpoint(repo: Union[str, Path]) -> Optional[Path]:
-    """The first of COURSE_CHECKPOINTS that exists under `repo`, or None when the course trained none yet."""
-    return next((Path(repo) / p for p in COURSE_CHECKPOINTS if (Path(repo) / p).is_file()), None)
 
 
 class CheckpointError(ValueError):

@@ -3,6 +3,8 @@
 `DETRConfig` holds what builds the model, matcher and criterion; `TrainConfig` adds what the
 training loop, data pipeline and CLI need. `python -m detr_full.train --help` is generated from
 the `TrainConfig` fields, and a notebook's papermill `parameters` cell uses the same names.
+`check_config` holds every rule of which options need or exclude which: the CLI, the model
+builder and the successors' model all ask it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class DETRConfig:
     selection_nms: float = 0.0          # > 0: query selection skips proposals overlapping a better one (IoU)
     fine_memory: bool = False           # Deformable DETR's finer level, in plain attention: the decoder layers
                                         # after the first also attend to the backbone's stage before the last
+    conditional: bool = False           # Conditional DETR: a spatial query from each reference box's centre
+                                        # adds its own term to the cross-attention logits (needs spatial_prior)
     focal_loss: bool = False            # Deformable DETR: sigmoid focal classification and matching cost
     focal_alpha: float = 0.25           # the focal loss's positive weight (gamma is 2)
     # Hungarian matcher weights (official main.py: 1, 5, 2)
@@ -109,6 +113,76 @@ class TrainConfig(DETRConfig):
 
 C = TypeVar("C")
 
+PRETRAIN = "pretrain"                   # the pretrained_backbone value that asks for detr_full.pretrain's weights
+PRETRAIN_TASKS = ("objects", "multilabel")
+
+
+class ConfigError(ValueError):
+    """A flag combination detr-course cannot run; the message says what to do instead."""
+
+
+def check_config(cfg: DETRConfig) -> None:
+    """Raise a ConfigError naming the values and the fix when `cfg` breaks a rule of which options need
+    or exclude which (a TrainConfig's training options too). The one place these rules are written."""
+    if cfg.num_query_groups < 1:
+        raise ConfigError(f"num_query_groups must be >= 1 (1 = plain DETR); got {cfg.num_query_groups}.")
+    if cfg.dn_groups < 0:
+        raise ConfigError(f"dn_groups must be >= 0 (0 = no denoising queries); got {cfg.dn_groups}.")
+    # these options build on the reference boxes that spatial_prior turns on (successors/reference_boxes.py)
+    needs_prior = {"anchor_queries": "makes the query positions from the reference boxes",
+                   "query_selection": "proposes the first reference boxes",
+                   "conditional": "takes its reference points from the reference boxes",
+                   "dn_groups": "decodes noised ground-truth boxes as reference boxes"}
+    for name, role in needs_prior.items():
+        if getattr(cfg, name) and not cfg.spatial_prior:
+            raise ConfigError(f"{name}={getattr(cfg, name)} {role} of the spatial prior, but spatial_prior=False: "
+                              "turn on spatial_prior (--spatial_prior) or turn this option off.")
+    for name in ("dn_groups", "query_selection"):       # one set of queries per image, not K groups
+        if getattr(cfg, name) and cfg.num_query_groups > 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} works on one group of queries, but num_query_groups="
+                              f"{cfg.num_query_groups}: set num_query_groups to 1 or turn {name} off.")
+    if not 0 <= cfg.selection_nms < 1 or (cfg.selection_nms and not cfg.query_selection):
+        raise ConfigError(f"selection_nms={cfg.selection_nms}: the IoU above which query selection skips a proposal, "
+                          "in [0, 1) (0: no NMS), and only with query_selection=True.")
+    if cfg.fine_memory and cfg.dec_layers < 2:
+        raise ConfigError(f"fine_memory gives the decoder layers after the first a finer level to attend to: it needs "
+                          f"dec_layers >= 2; got {cfg.dec_layers}.")
+    if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
+        raise ConfigError(f"focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
+    if isinstance(cfg, TrainConfig):
+        check_training(cfg)
+
+
+def check_training(cfg: TrainConfig) -> None:
+    """The rules of the training options (part of check_config)."""
+    unsupported = [text for given, text in (
+        (cfg.masks, "--masks (the segmentation head)"),
+        (cfg.frozen_weights, "--frozen_weights (only used to train the segmentation head)"),
+        (cfg.dataset_file != "coco", f"--dataset_file {cfg.dataset_file} (only 'coco'-format detection data)")) if given]
+    if unsupported:
+        raise ConfigError(f"{' and '.join(unsupported)}: not supported in detr-course, which trains box "
+                          "detection only. Remove the flag(s); any COCO-format dataset works with --coco_path.")
+    if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in PRETRAIN_TASKS:
+        raise ConfigError(f"pretrain_task must be one of {', '.join(PRETRAIN_TASKS)}; got {cfg.pretrain_task!r}.")
+    if cfg.backbone_in_loader and (cfg.lr_backbone > 0 or not cfg.frozen_bn):
+        raise ConfigError(f"backbone_in_loader runs a copy of the ResNet in the loader's workers, so the ResNet "
+                          f"must be frozen: set lr_backbone 0 (--lr_backbone 0; got {cfg.lr_backbone})"
+                          + ("" if cfg.frozen_bn else " and frozen_bn=True (drop --no_frozen_bn)") + ".")
+    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:
+        raise ConfigError(f"need batch_size >= 1, epochs >= 0, lr_drop >= 1 and warmup_steps >= 0; "
+                          f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}.")
+    parse_scales(cfg.scales)
+
+
+def parse_scales(text: Optional[str]) -> Optional[list[int]]:
+    """TrainConfig.scales, "480,512,544", -> [480, 512, 544] (None or "": the official scales)."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--scales must be comma-separated integers like 480,512,544; got {text!r}.") from None
+
 
 def model_config(cfg: DETRConfig) -> DETRConfig:
     """The DETRConfig part of any config (a TrainConfig is a DETRConfig with more fields)."""
@@ -153,24 +227,22 @@ def config_from_dict(cls: type[C], values: dict[str, Any]) -> C:
 
 
 def shapes_cpu_recipe(**overrides: Any) -> TrainConfig:
-    """DETR on the synthetic shapes set (data/shapes) on a 2-core CPU, about 15 minutes end to end.
+    """DETR on the synthetic shapes set (data/shapes) on a 2-core CPU, in minutes.
 
     `make train` runs exactly these values as flags (`--recipe shapes_cpu`). Each departs from the
     official recipe (an ImageNet ResNet-50, 500 epochs on 16 GPUs) for the reason in its comment;
     pass keyword overrides to vary one, e.g. `shapes_cpu_recipe(num_queries=20)`. Every choice was
-    measured with benchmarks/shapes_recipe.py (AP50 curves in benchmarks/README.md): the backbone
-    pretraining and the spatial prior are what make it learn in minutes, and a frozen backbone run
-    in the loader's workers (benchmarks/backbone_in_loader.py) is what gives it 3,000 steps; from
-    random init the first version of this recipe ended at AP50 0.015 after 18 minutes.
+    measured with benchmarks/shapes_recipe.py: the curves, the alternatives tried and the run's
+    minutes are in benchmarks/README.md ("The CPU recipe" and the sections after it).
     """
     recipe: dict[str, Any] = dict(
         backbone="resnet18",        # the cheapest ResNet
-        pretrained_backbone="pretrain",  # the paper starts from ImageNet; we pretrain on the train set's
-        pretrain_steps=600,         # object crops (detr_full.pretrain: ~2.5 min, cached; val accuracy ~0.99)
+        pretrained_backbone=PRETRAIN,  # the paper starts from ImageNet; we pretrain on the train set's
+        pretrain_steps=600,         # object crops (detr_full.pretrain; made once, then cached)
         backbone_stride=16,         # stop after layer3: 2x finer tokens for small objects, and cheaper
-        lr_backbone=0.0,            # frozen once pretrained (official: 1e-5, BN and stem frozen): about the
-        backbone_in_loader=True,    # same AP50 per step as training layer2-3, and run in the 2 loader
-        num_workers=2,              # workers beside the main process: 3x the steps per minute
+        lr_backbone=0.0,            # frozen once pretrained (official: 1e-5, BN and stem frozen), and run
+        backbone_in_loader=True,    # in the 2 loader workers beside the main process: more steps per
+        num_workers=2,              # minute than training layer2-3, at about the same AP50 per step
         lr=5e-4,                    # the transformer's (official 1e-4): a small model, a short run
         warmup_steps=100,           # linear warm-up: a random transformer at 5e-4 from step 0 is fragile
         clip_max_norm=0.1,          # official value
@@ -181,22 +253,19 @@ def shapes_cpu_recipe(**overrides: Any) -> TrainConfig:
         dim_feedforward=512,        # 4 * D, as in the transformer paper (official 2048 = 8 * 256)
         dropout=0.0,                # 12 epochs do not overfit 2,000 images (val loss <= train loss)
         num_queries=10,             # shapes images hold at most 8 objects (official 100 for COCO)
-        spatial_prior=True,         # each query looks around its own box from step 0 (spatial_prior.py):
-                                    # val class_error 33 % instead of 72 % after 250 steps, AP50 x2
+        spatial_prior=True,         # each query looks around its own box from step 0 (spatial_prior.py)
         query_selection=True,       # ... a box the encoder proposes on this image (query_selection.py),
         selection_nms=0.3,          # no two overlapping by IoU > 0.3 while others are left,
-        anchor_queries=True,        # and query positions made from those boxes (anchor_queries.py):
-                                    # AP50 0.76 against 0.51 in a 600-s probe, small objects 0.23 vs 0.04
-        fine_memory=True,           # the decoder's second layer also attends to layer2 (fine_memory.py):
-                                    # on another generator's small objects AP50 0.60 against 0.39 (12
-                                    # epochs); on data/shapes 0.83 against 0.84
-        aspect_ratio_grouping=True,  # 13 % fewer padded pixels per batch (benchmarks, issue 7)
+        anchor_queries=True,        # and query positions made from those boxes (anchor_queries.py)
+        fine_memory=True,           # the decoder's second layer also reads layer2 (fine_memory.py): finer
+                                    # evidence for small objects' boxes
+        aspect_ratio_grouping=True,  # fewer padded pixels per batch
         batch_size=8,
         scales="128,144,160,176",   # about the native image size (96..256 px): objects keep their
         max_size=224,               # pixels; max_size bounds the padded batch, thus the step time
         val_size=160,
-        epochs=12,                  # 12 x 250 steps of batch 8, ~50 s each with its evaluation
-        lr_drop=9,                  # lr / 10 for the last 3 epochs: +0.06-0.1 AP50 within one epoch
+        epochs=12,                  # 12 x 250 steps of batch 8
+        lr_drop=9,                  # lr / 10 for the last 3 epochs
     )
     recipe.update(overrides)
     return TrainConfig(**recipe)

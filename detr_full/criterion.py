@@ -10,9 +10,10 @@ For each decoder layer's readout: match predictions to targets, then
 - cardinality_error: |#queries not predicting "no object" - #targets|, averaged over images
   (logging only, no gradient);
 - class_error: 100 - top-1 accuracy on matched queries (final layer only; logging only).
-Auxiliary layers get the same terms with suffix `_i`, the encoder's proposals (query_selection.py)
-with suffix `_enc`. Unlike the official code, the three losses
-are computed explicitly, not dispatched by name, and targets are validated with a clear error.
+Auxiliary layers get the same terms with suffix `_i`. Unlike the official code, the three losses
+are computed explicitly, not dispatched by name, targets are validated with a clear error, and
+the classification rule (classification.py: DETR's softmax with "no object", or a successor's)
+is an object the criterion is given.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
-from detr_full.focal import SigmoidFocal
+from detr_full.classification import ClassificationRule, SoftmaxClassification
 from detr_full.matcher import HungarianMatcher
 
 
@@ -38,14 +39,14 @@ def box_losses(src_boxes: Tensor, target_boxes: Tensor, num_boxes: float | Tenso
 
 class SetCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
-                 eos_coef: float = 0.1, focal: Optional[SigmoidFocal] = None):
-        """`focal`: sigmoid focal classification instead of the softmax CE (focal.py; None in DETR)."""
+                 eos_coef: float = 0.1, classification: Optional[ClassificationRule] = None):
+        """`classification`: how the class logits are scored (classification.py; None: DETR's softmax
+        rule with "no object" weighted by `eos_coef`)."""
         super().__init__()
         self.num_classes, self.matcher, self.weight_dict, self.eos_coef = num_classes, matcher, weight_dict, eos_coef
-        self.focal = focal
-        empty_weight = torch.ones(num_classes + 1)
-        empty_weight[-1] = eos_coef
-        self.register_buffer("empty_weight", empty_weight)
+        self.classification = classification or SoftmaxClassification(eos_coef)
+        # the official `empty_weight`: 1 per class, eos_coef for "no object" (None when the rule weights no class)
+        self.register_buffer("empty_weight", self.classification.class_weights(num_classes))
 
     def check_targets(self, targets: list[dict]) -> None:
         for i, t in enumerate(targets):
@@ -77,10 +78,7 @@ class SetCriterion(nn.Module):
 
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
         target_classes[batch_idx, query_idx] = matched_labels
-        if self.focal is None:
-            losses = {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
-        else:
-            losses = {"loss_ce": self.focal.loss(logits, target_classes, num_boxes)}
+        losses = {"loss_ce": self.classification.loss(logits, target_classes, num_boxes, self.empty_weight)}
         if with_class_error:
             with torch.no_grad():
                 if len(matched_labels):
@@ -93,35 +91,35 @@ class SetCriterion(nn.Module):
         losses["loss_bbox"], losses["loss_giou"] = box_losses(src_boxes, matched_boxes, num_boxes)
 
         with torch.no_grad():
-            is_object = logits.argmax(-1) != logits.shape[-1] - 1 if self.focal is None else self.focal.is_object(logits)
-            num_predicted = is_object.sum(1).float()                                  # (B,)
+            num_predicted = self.classification.is_object(logits).sum(1).float()     # (B,)
             num_targets = torch.tensor([float(len(t["labels"])) for t in targets], device=device)
             losses["cardinality_error"] = F.l1_loss(num_predicted, num_targets)
         return losses
 
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs and enc_outputs;
-        targets: B dicts with labels (T_b,) int64 and boxes (T_b, 4) normalised cxcywh."""
-        self.check_targets(targets)
-        # Normalise by the number of target boxes over all processes, at least 1 (empty batches).
-        num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))],
-                                 device=outputs["pred_logits"].device)
+    def num_boxes(self, targets: list[dict], device: torch.device) -> float:
+        """The number of target boxes per process (averaged over all processes), at least 1 (empty batches):
+        what the box losses are divided by."""
+        num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(num_boxes)
             num_boxes = num_boxes / dist.get_world_size()
-        num_boxes = num_boxes.clamp(min=1).item()
+        return num_boxes.clamp(min=1).item()
 
+    def readout_losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, Tensor]:
+        """The terms of the last decoder layer's readout, and with suffix `_i` of the earlier layers'."""
         losses = self.layer_losses(outputs, targets, self.matcher(outputs, targets), num_boxes,
                                    with_class_error=True)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             aux_losses = self.layer_losses(aux, targets, self.matcher(aux, targets), num_boxes,
                                            with_class_error=False)
             losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
-        if "enc_outputs" in outputs:                                   # the encoder tokens' proposals (query_selection.py)
-            enc = outputs["enc_outputs"]
-            enc_losses = self.layer_losses(enc, targets, self.matcher(enc, targets), num_boxes, with_class_error=False)
-            losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         return losses
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
+        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs;
+        targets: B dicts with labels (T_b,) int64 and boxes (T_b, 4) normalised cxcywh."""
+        self.check_targets(targets)
+        return self.readout_losses(outputs, targets, self.num_boxes(targets, outputs["pred_logits"].device))
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is back-propagated; class_error and cardinality_error have no weight."""

@@ -119,9 +119,10 @@ _ADVICE = ("Try a lower --lr (or a --warmup_steps warm-up), keep gradient clippi
 
 
 def _forward(model: nn.Module, images: Tensor, padding_mask: Tensor, targets: list[dict]) -> dict:
-    """The model's outputs; a DETR with denoising queries also reads the targets (denoising.py)."""
+    """The model's outputs; a model that `reads_targets` in training is also given them (a successor's
+    denoising queries are made from the ground truth)."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    if getattr(inner, "denoising", None) is not None:
+    if getattr(inner, "reads_targets", False):
         return model(images, padding_mask, targets)
     return model(images, padding_mask)
 

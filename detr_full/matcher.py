@@ -16,19 +16,19 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from detr_full.box_ops import box_cxcywh_to_xyxy, check_boxes_xyxy, giou_broadcast
-from detr_full.focal import SigmoidFocal
+from detr_full.classification import ClassificationRule, SoftmaxClassification
 
 
 class HungarianMatcher(nn.Module):
     def __init__(self, cost_class: float = 1, cost_bbox: float = 1, cost_giou: float = 1,
-                 focal: Optional[SigmoidFocal] = None):
-        """Weights of the three costs (official main.py uses 1, 5, 2); `focal`: the class cost of
-        sigmoid focal classification instead of -p (focal.py; None in DETR)."""
+                 classification: Optional[ClassificationRule] = None):
+        """Weights of the three costs (official main.py uses 1, 5, 2); `classification` gives the class
+        cost (classification.py; None: DETR's softmax rule, whose cost is -p)."""
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: all three costs are 0, so every matching is equally good.")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.focal = focal
+        self.classification = classification or SoftmaxClassification()
 
     @torch.no_grad()
     def cost_matrix(self, outputs: dict, targets: list[dict]) -> Tensor:
@@ -40,16 +40,10 @@ class HungarianMatcher(nn.Module):
         work and gives the same blocks.
         """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]    # (B, Q, K), (B, Q, 4) cxcywh
-        bsz, num_queries = logits.shape[:2]
         # Pad each image's targets to T_max with class 0 and a valid box, so padding costs stay finite.
         tgt_ids = pad_sequence([t["labels"] for t in targets], batch_first=True)  # (B, T_max)
         tgt_boxes = pad_sequence([t["boxes"] for t in targets], batch_first=True, padding_value=0.5)  # (B, T_max, 4)
-        if self.focal is None:
-            prob = logits.softmax(-1)                                      # (B, Q, K)
-            # The class cost approximates -log p with -p: it is on the same scale as the box costs.
-            cost_class = -prob.gather(2, tgt_ids[:, None, :].expand(-1, num_queries, -1))  # (B, Q, T_max)
-        else:
-            cost_class = self.focal.cost(logits, tgt_ids)                  # (B, Q, T_max)
+        cost_class = self.classification.cost(logits, tgt_ids)            # (B, Q, T_max)
         cost_bbox = torch.cdist(boxes, tgt_boxes, p=1)                     # (B, Q, T_max)
         pred_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes)
         check_boxes_xyxy(tgt_xyxy, "target boxes")

@@ -5,15 +5,18 @@ Writes `DIR/results.json` (COCO results format plus the file name and class name
     python -m detr_full.predict --resume runs/shapes/checkpoint.pth data/shapes/val2017 --out preds
     python -m detr_full.predict --resume detr-r50-e632da11.pth cats.jpg --out preds --threshold 0.9
 
-The model is rebuilt from the checkpoint: its `args` (a dict, or the official argparse.Namespace)
-give the architecture, and the weights' shapes fix num_classes and num_queries. A checkpoint with
-weights only (the published ones) is described from its state_dict alone (backbone depth, layers,
-widths, learned or sine positions); what it cannot tell (nheads, DC5) takes the official defaults,
-with DC5 assumed when the file name contains "dc5". Class names come from the checkpoint's
+The model is rebuilt from the checkpoint: its `args` (a dict written by detr_full.train, or the
+official argparse.Namespace) give the architecture and every option; the official args, which have
+no num_classes, take it from the class head. A checkpoint with weights only (the published ones)
+is described from its state_dict alone (backbone depth, layers, widths, learned or sine positions,
+num_classes and num_queries); what it cannot tell (nheads, DC5) takes the official defaults, with
+DC5 assumed when the file name contains "dc5". Class names come from the checkpoint's
 `categories` (written by `detr_full.train`), else the COCO names when num_classes is 91, else ids.
 
-As the official demo: softmax over classes, no-object excluded, keep queries with score > threshold;
-no NMS. Images are resized as in validation (short side `--size`, long side <= `--max_size`).
+As the official demo: each query's best class (no-object excluded), keep queries with score >
+threshold; no NMS. Images are resized as the run that wrote the checkpoint evaluated them (its
+`val_size` and `max_size`; 800 and 1333, the official sizes, for files without them), unless
+`--size` / `--max_size` say otherwise.
 """
 
 from __future__ import annotations
@@ -28,11 +31,12 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from detr_full.build import build_detr
 from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from detr_full.config import DETRConfig, config_from_dict
 from detr_full.data.coco import DatasetError, load_rgb
 from detr_full.data.transforms import make_coco_transforms
-from detr_full.detr import DETR, build_detr
+from detr_full.detr import DETR
 from detr_full.postprocess import PostProcess
 from detr_full.viz import draw_boxes
 
@@ -67,7 +71,7 @@ def _count_layers(state_dict: Mapping[str, Tensor], prefix: str) -> int:
 
 
 def config_from_checkpoint(ckpt: Mapping[str, Any], source: str = "") -> DETRConfig:
-    """The DETRConfig of a checkpoint: its `args` where present, corrected by the weights' shapes."""
+    """The DETRConfig of a checkpoint: its `args` where present, else what its weights' shapes tell."""
     sd = ckpt["model"]
     args = ckpt.get("args")
     if isinstance(args, argparse.Namespace):
@@ -75,30 +79,40 @@ def config_from_checkpoint(ckpt: Mapping[str, Any], source: str = "") -> DETRCon
     if "query_embed.weight" not in sd or "class_embed.weight" not in sd:
         raise CheckpointError(f"{source or 'The checkpoint'} does not hold DETR weights (no query_embed / "
                               "class_embed); pass a checkpoint written by detr_full.train or the official DETR.")
-    values: dict[str, Any] = {}
-    if not args:  # weights only: describe the model from the state_dict
+    if args:
+        values = dict(args)
+        # the official main.py has no num_classes flag (its build hard-codes it): the class head tells,
+        # softmax with "no object" being the only rule it knows
+        values.setdefault("num_classes", sd["class_embed.weight"].shape[0] - 1)
+    else:  # weights only: describe the model from the state_dict
         enc = _count_layers(sd, "transformer.encoder.layers.")
         dec = _count_layers(sd, "transformer.decoder.layers.")
         first = "transformer.encoder.layers.0." if enc else "transformer.decoder.layers.0."
         bottleneck = "backbone.0.body.layer1.0.conv3.weight" in sd
         backbone = _RESNETS.get((_count_layers(sd, "backbone.0.body.layer3."), bottleneck))
-        values.update(enc_layers=enc, dec_layers=dec,
+        values = dict(enc_layers=enc, dec_layers=dec,
                       pre_norm="transformer.encoder.norm.weight" in sd,
                       position_embedding="learned" if "backbone.1.row_embed.weight" in sd else "sine",
                       # DC5 changes no weight shape; only the published file names tell (Bottleneck ResNets only)
-                      dilation=bottleneck and "dc5" in Path(str(source)).name.lower())
+                      dilation=bottleneck and "dc5" in Path(str(source)).name.lower(),
+                      num_classes=sd["class_embed.weight"].shape[0] - 1,
+                      num_queries=sd["query_embed.weight"].shape[0],
+                      hidden_dim=sd["query_embed.weight"].shape[1])
         if f"{first}linear1.weight" in sd:
             values["dim_feedforward"] = sd[f"{first}linear1.weight"].shape[0]
         if backbone:
             values["backbone"] = backbone
-    else:
-        values.update(args)
-    values.update(num_classes=sd["class_embed.weight"].shape[0] - 1,
-                  num_queries=sd["query_embed.weight"].shape[0],
-                  hidden_dim=sd["query_embed.weight"].shape[1],
-                  aux_loss=False,            # inference needs the last decoder layer only
+    values.update(aux_loss=False,            # inference needs the last decoder layer only
                   pretrained_backbone="")    # the checkpoint brings the backbone weights: download nothing
     return config_from_dict(DETRConfig, values)
+
+
+def input_size(ckpt: Mapping[str, Any]) -> tuple[int, int]:
+    """(short side, longest side) the run that wrote `ckpt` evaluated at: its val_size and max_size,
+    else the official 800 and 1333."""
+    args = ckpt.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else (args or {})
+    return int(args.get("val_size", 800)), int(args.get("max_size", 1333))
 
 
 def class_names(ckpt: Mapping[str, Any], num_classes: int) -> Optional[dict[int, str]]:
@@ -113,13 +127,15 @@ def class_names(ckpt: Mapping[str, Any], num_classes: int) -> Optional[dict[int,
     return None
 
 
-def load_predictor(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu"
-                   ) -> tuple[DETR, PostProcess, Optional[dict[int, str]], DETRConfig]:
-    """Model (eval mode, on `device`), PostProcess, class names and config from a checkpoint."""
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    cfg = config_from_checkpoint(ckpt, str(checkpoint))
+def load_predictor(checkpoint: Union[str, Path, Mapping[str, Any]], device: Union[str, torch.device] = "cpu",
+                   source: str = "") -> tuple[DETR, PostProcess, Optional[dict[int, str]], DETRConfig]:
+    """Model (eval mode, on `device`), PostProcess, class names and config from a checkpoint (a path or
+    URL, or the dict load_checkpoint read)."""
+    source = source or (str(checkpoint) if not isinstance(checkpoint, Mapping) else "the checkpoint")
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else load_checkpoint(checkpoint, map_location="cpu")
+    cfg = config_from_checkpoint(ckpt, source)
     model, _, postprocess = build_detr(cfg)
-    load_model_weights(model, ckpt["model"], source=str(checkpoint))
+    load_model_weights(model, ckpt["model"], source=source)
     return model.to(device).eval(), postprocess, class_names(ckpt, cfg.num_classes), cfg
 
 
@@ -141,16 +157,22 @@ def list_images(paths: Sequence[Union[str, Path]]) -> list[Path]:
 
 @torch.no_grad()
 def predict(checkpoint: Union[str, Path], images: Sequence[Union[str, Path]], out: Union[str, Path],
-            threshold: float = 0.7, device: str = "auto", size: int = 800, max_size: int = 1333,
+            threshold: float = 0.7, device: str = "auto", size: Optional[int] = None, max_size: Optional[int] = None,
             draw: bool = True) -> list[dict]:
     """Detect objects in `images`; write `out/results.json` and (with `draw`) `out/<stem>.png`.
+    size, max_size: the network input's short side and longest side (None: the checkpoint's, see input_size).
 
     Returns the results: one dict per kept detection with `file_name`, `category_id`,
     `category_name`, `bbox` [x, y, w, h] in original-image pixels and `score`.
     """
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    model, postprocess, names, _ = load_predictor(checkpoint, device)
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    model, postprocess, names, _ = load_predictor(ckpt, device, source=str(checkpoint))
+    run_size, run_max_size = input_size(ckpt)
+    size, max_size = size or run_size, max_size or run_max_size
+    print(f"Images resized to a short side of {size} px, at most {max_size} px long"
+          + (" (as the run that wrote the checkpoint evaluated)" if (size, max_size) == (run_size, run_max_size) else ""))
     transform = make_coco_transforms("val", val_size=size, max_size=max_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,8 +225,10 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output folder for results.json and the drawings")
     parser.add_argument("--threshold", type=float, default=0.7, help="keep detections with score > this")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--size", type=int, default=800, help="short side of the network input")
-    parser.add_argument("--max_size", type=int, default=1333, help="longest side of the network input")
+    parser.add_argument("--size", type=int, default=None,
+                        help="short side of the network input (default: the checkpoint run's val_size, else 800)")
+    parser.add_argument("--max_size", type=int, default=None,
+                        help="longest side of the network input (default: the checkpoint run's max_size, else 1333)")
     args = parser.parse_args(argv)
     try:
         predict(args.resume, args.images, args.out, args.threshold, args.device, args.size, args.max_size)

@@ -48,14 +48,13 @@ from tqdm.auto import tqdm
 
 from detr_full.backbone import Backbone, check_backbone_weights
 from detr_full.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detr_full.config import TrainConfig, config_from_args
+from detr_full.config import PRETRAIN_TASKS, TrainConfig, config_from_args
 from detr_full.data.coco import DatasetError, load_rgb, read_annotation_json, validate_coco
 from detr_full.data.shapes import DEFAULT_ROOT, ensure_shapes
 from detr_full.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 PathLike = Union[str, Path]
 DEFAULT_CACHE = DEFAULT_ROOT.parent / "pretrained"   # <repo>/data/pretrained, beside data/shapes
-TASKS = ("objects", "multilabel")
 
 
 @dataclass
@@ -238,8 +237,8 @@ def pretrain(coco_path: PathLike, cfg: PretrainConfig, progress: bool = True) ->
     class order of the head), `history` (per-step loss and train accuracy every 25 steps) and
     `val_accuracy` (on the val split, when it has objects). Leaves torch's global RNG untouched.
     """
-    if cfg.task not in TASKS:
-        raise ValueError(f"PretrainConfig.task must be one of {TASKS}, got {cfg.task!r}.")
+    if cfg.task not in PRETRAIN_TASKS:
+        raise ValueError(f"PretrainConfig.task must be one of {PRETRAIN_TASKS}, got {cfg.task!r}.")
     # The caller's random streams are left as they were: a training run that pretrains first must
     # initialise its model exactly like one that finds the weights cached.
     with torch.random.fork_rng(devices=[]):
@@ -321,8 +320,9 @@ def ensure_pretrained(coco_path: Optional[PathLike] = None, cfg: Optional[Pretra
             weights = load_checkpoint(path)
             if weights.get("args") != dataclasses.asdict(cfg):
                 raise CheckpointError(f"{path} was made with other settings ({weights.get('args')})")
-            check_backbone_weights(Backbone(cfg.backbone, stride=cfg.stride).body, weights["model"], str(path),
-                                   cfg.backbone)
+            with torch.random.fork_rng(devices=[]):      # building the ResNet to check against draws its init
+                architecture = Backbone(cfg.backbone, stride=cfg.stride).body
+            check_backbone_weights(architecture, weights["model"], str(path), cfg.backbone)
             return path
         except CheckpointError as e:
             print(f"Cached pretrained backbone is unusable and will be rebuilt: {e}", file=sys.stderr)
@@ -335,9 +335,6 @@ def ensure_pretrained(coco_path: Optional[PathLike] = None, cfg: Optional[Pretra
     val = f"{result['val_accuracy']:.3f}" if result["val_accuracy"] is not None else "n/a"
     print(f"Pretrained in {time.perf_counter() - start:.0f} s: val accuracy {val}", flush=True)
     return path
-
-
-PRETRAIN = "pretrain"  # the pretrained_backbone value that asks for ensure_pretrained
 
 
 def pretrained_backbone_path(cfg: TrainConfig, coco_path: PathLike, cache_dir: Optional[PathLike] = None) -> Path:

@@ -26,47 +26,36 @@ Differences from the official `main.py`:
   `params` into a dict, so they too load with `weights_only=True`.
 - `plots.png` (loss / class error / AP50 curves) is rewritten after every epoch.
 - Not supported: `--masks`, `--frozen_weights`, `--dataset_file coco_panoptic`.
+Everything built before the first step (data, class count, backbone, model, optimizer, schedule)
+comes from run_setup.py; this file is the CLI and the epoch loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
-import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from detr_full.checkpoint import (CheckpointError, find_course_checkpoint, load_checkpoint, load_model_weights,
-                                  save_checkpoint)
-from detr_full.config import RECIPES, TrainConfig, config_from_args, model_config
-from detr_full.data.coco import CocoDetection, DatasetError, build_dataset, coco_api, num_classes_from_annotations
-from detr_full.data.loaders import train_loader, val_loader
-from detr_full.data.shapes import ensure_shapes
-from detr_full.detr import build_detr
+from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
+from detr_full.config import RECIPES, ConfigError, TrainConfig, config_from_args
+from detr_full.data.coco import DatasetError, coco_api
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
-from detr_full.optim import LinearWarmup, build_optimizer
-from detr_full.pretrain import PRETRAIN, TASKS, pretrained_backbone_path
-from detr_full.rng import capture_rng_state, restore_rng_state, seed_everything
+from detr_full.rng import capture_rng_state, restore_rng_state
+from detr_full.run_setup import resolve_device, setup_run
 from detr_full.viz import plot_logs
 
-
-class ConfigError(ValueError):
-    """A flag combination detr-course cannot run; the message says what to do instead."""
-
-
-# --------------------------------------------------------------------------- helpers
 
 def _plain(obj: Any) -> Any:
     """numpy arrays -> tensors, numpy scalars -> Python numbers, objects -> dicts (for weights_only)."""
@@ -86,92 +75,6 @@ def _plain(obj: Any) -> Any:
 def coco_eval_record(coco_eval) -> dict:
     """`COCOeval.eval` (params, counts, date, precision, recall, scores) plus `stats`, loadable safely."""
     return {**_plain(coco_eval.eval), "stats": [float(x) for x in coco_eval.stats]}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was requested but CUDA is not available on this machine. "
-                          "Use --device auto or --device cpu.")
-    return device
-
-
-def check_supported(cfg: TrainConfig) -> None:
-    problems = []
-    if cfg.masks:
-        problems.append("--masks (the segmentation head)")
-    if cfg.frozen_weights:
-        problems.append("--frozen_weights (only used to train the segmentation head)")
-    if cfg.dataset_file != "coco":
-        problems.append(f"--dataset_file {cfg.dataset_file} (only 'coco'-format detection data)")
-    if problems:
-        raise ConfigError(f"{' and '.join(problems)}: not supported in detr-course, which trains box "
-                          "detection only. Remove the flag(s); any COCO-format dataset works with --coco_path.")
-    if cfg.num_query_groups < 1:
-        raise ConfigError(f"--num_query_groups must be >= 1 (1 = plain DETR); got {cfg.num_query_groups}.")
-    if cfg.dn_groups < 0 or (cfg.dn_groups > 0 and (not cfg.spatial_prior or cfg.num_query_groups > 1)):
-        raise ConfigError(f"--dn_groups {cfg.dn_groups}: denoising queries need --dn_groups >= 0, and with "
-                          "--dn_groups > 0 also --spatial_prior (their anchor boxes) and --num_query_groups 1.")
-    if cfg.anchor_queries and not cfg.spatial_prior:
-        raise ConfigError("--anchor_queries makes the query positions from the spatial prior's reference boxes: "
-                          "add --spatial_prior.")
-    if cfg.query_selection and (not cfg.spatial_prior or cfg.num_query_groups > 1):
-        raise ConfigError("--query_selection makes the spatial prior's first reference boxes from the encoder, one set "
-                          "per image: it needs --spatial_prior and --num_query_groups 1.")
-    if not 0 <= cfg.selection_nms < 1 or (cfg.selection_nms and not cfg.query_selection):
-        raise ConfigError(f"--selection_nms {cfg.selection_nms}: the IoU above which query selection skips a proposal, "
-                          "in [0, 1) (0: no NMS), and only with --query_selection.")
-    if cfg.fine_memory and cfg.dec_layers < 2:
-        raise ConfigError(f"--fine_memory gives the decoder layers after the first a finer level to attend to: it needs "
-                          f"--dec_layers 2 or more; got {cfg.dec_layers}.")
-    if cfg.focal_loss and not 0 < cfg.focal_alpha < 1:
-        raise ConfigError(f"--focal_alpha is the positives' weight in the focal loss, in (0, 1); got {cfg.focal_alpha}.")
-    if cfg.pretrained_backbone == PRETRAIN and cfg.pretrain_task not in TASKS:
-        raise ConfigError(f"--pretrain_task must be one of {', '.join(TASKS)}; got {cfg.pretrain_task!r}.")
-    if cfg.backbone_in_loader and (cfg.lr_backbone > 0 or not cfg.frozen_bn):
-        raise ConfigError(f"--backbone_in_loader runs a copy of the ResNet in the loader's workers, so the ResNet "
-                          f"must be frozen: add --lr_backbone 0 (got {cfg.lr_backbone})"
-                          + ("" if cfg.frozen_bn else " and drop --no_frozen_bn") + ".")
-    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:
-        raise ConfigError(f"need --batch_size >= 1, --epochs >= 0, --lr_drop >= 1 and --warmup_steps >= 0; "
-                          f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}.")
-
-
-def parse_scales(text: Optional[str]) -> Optional[list[int]]:
-    if text is None or str(text).strip() == "":
-        return None
-    try:
-        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
-    except ValueError:
-        raise ConfigError(f"--scales must be comma-separated integers like 480,512,544; got {text!r}.") from None
-
-
-def dataset_for(cfg: TrainConfig, image_set: str, coco_path: Union[str, Path]) -> CocoDetection:
-    """`image_set` ("train" | "val") of the COCO-layout folder `coco_path`, at the run's image sizes
-    (`scales`, `max_size`, `val_size`)."""
-    return build_dataset(image_set, coco_path, scales=parse_scales(cfg.scales), max_size=cfg.max_size,
-                         val_size=cfg.val_size)
-
-
-def annotation_file(dataset) -> Optional[Path]:
-    """The annotation JSON a dataset was read from, when the dataset says so."""
-    for attr in ("ann_file", "annotation_file", "annFile"):
-        if getattr(dataset, attr, None):
-            return Path(getattr(dataset, attr))
-    return None
-
-
-def category_names(dataset) -> dict[int, str]:
-    return {int(c["id"]): str(c["name"]) for c in coco_api(dataset).dataset.get("categories", [])}
-
-
-def num_classes_of(dataset) -> int:
-    ann = annotation_file(dataset)
-    if ann is not None:
-        return num_classes_from_annotations(ann)
-    return max(category_names(dataset), default=0) + 1
 
 
 def _prefixed(prefix: str, stats: dict) -> dict:
@@ -195,7 +98,6 @@ def main(cfg: TrainConfig, derive_num_classes: Optional[bool] = None) -> dict:
     `test_*` and `n_parameters` with `cfg.eval`. Raises NonFiniteLossError, DatasetError,
     CheckpointError or ConfigError; the CLI turns them into exit codes 1 and 2.
     """
-    check_supported(cfg)
     device = resolve_device(cfg.device)
     already_distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     distributed = init_distributed(device.type)
@@ -211,50 +113,17 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
         device = torch.device("cuda", torch.cuda.current_device())
     main_process = is_main_process()
     log = print if main_process else (lambda *a, **k: None)
-    seed_everything(cfg.seed + get_rank())
-
-    # Data first: num_classes comes from the annotations.
-    coco_path = cfg.coco_path
-    if coco_path is None:
-        coco_path = str(ensure_shapes()) if main_process else None
-        coco_path = all_gather_object(coco_path)[0]  # other ranks wait for rank 0's generation
-        log(f"No --coco_path: using the synthetic shapes dataset in {coco_path}")
-    dataset_val = dataset_for(cfg, "val", coco_path)
-    dataset_train = None if cfg.eval else dataset_for(cfg, "train", coco_path)
-    reference_set = dataset_val if dataset_train is None else dataset_train
-    needed = num_classes_of(reference_set)
-    if derive_num_classes is None:
-        derive_num_classes = cfg.num_classes == TrainConfig.num_classes
-    if derive_num_classes:
-        cfg = dataclasses.replace(cfg, num_classes=needed)
-    elif cfg.num_classes < needed:
-        raise ConfigError(f"--num_classes {cfg.num_classes} is too small: the annotations use category ids up "
-                          f"to {needed - 1}, so num_classes must be at least {needed} (max id + 1). Omit "
-                          "--num_classes to derive it.")
-    categories = category_names(reference_set)
-    coco_gt = coco_api(dataset_val)
-    if cfg.pretrained_backbone == PRETRAIN:
-        # Rank 0 pretrains (or finds the cache) while the others wait; a resumed or fine-tuned run takes
-        # its backbone from its checkpoint, so there is nothing to pretrain.
-        weights_come_from_checkpoint = bool(cfg.resume or cfg.finetune_from)
-        path = "" if weights_come_from_checkpoint else (
-            str(pretrained_backbone_path(cfg, coco_path)) if main_process else None)
-        cfg = dataclasses.replace(cfg, pretrained_backbone=all_gather_object(path)[0])
-
-    model, criterion, postprocess = build_detr(model_config(cfg))
-    model.to(device)
-    criterion.to(device)
-    model_without_ddp = model
+    run = setup_run(cfg, derive_num_classes, device, log=log)
+    cfg, model_without_ddp, criterion, postprocess = run.cfg, run.model, run.criterion, run.postprocess
+    optimizer, lr_scheduler, warmup = run.optimizer, run.lr_scheduler, run.warmup
+    coco_gt = coco_api(run.val_set)
+    model = model_without_ddp
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
     log(f"detr-course: {cfg.backbone}, {cfg.enc_layers}+{cfg.dec_layers} layers, hidden {cfg.hidden_dim}, "
         f"{cfg.num_queries} queries, num_classes {cfg.num_classes}; {n_parameters:,} trainable parameters; "
         f"device {device}, {get_world_size()} process(es)")
-
-    optimizer = build_optimizer(model_without_ddp, cfg)
-    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop)
-    warmup = LinearWarmup(optimizer, cfg.warmup_steps)
 
     output_dir = Path(cfg.output_dir) if cfg.output_dir else None
     if output_dir is not None and main_process:
@@ -287,8 +156,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                if dropped else "all weights loaded"))
 
     if cfg.eval:
-        stats, coco_eval = evaluate(model, criterion, postprocess,
-                                    val_loader(dataset_val, cfg, distributed, model), coco_gt, device, amp=cfg.amp)
+        stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(distributed), coco_gt, device,
+                                    amp=cfg.amp)
         log(f"Evaluation: loss {stats.get('loss', float('nan')):.4f}, {_ap_line(stats)}")
         if output_dir is not None and main_process and coco_eval is not None:
             save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
@@ -301,9 +170,9 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     last: dict = {}
     monitor = MatchingMonitor() if cfg.diagnostics else None     # kept across the run's evaluations
     for epoch in range(start_epoch, cfg.epochs):
-        loader = train_loader(dataset_train, cfg, epoch, distributed, model)
+        loader = run.train_loader(epoch, distributed)
         if len(loader) == 0:
-            raise ConfigError(f"The training set has {len(dataset_train)} image(s) per process, fewer than "
+            raise ConfigError(f"The training set has {len(run.train_set)} image(s) per process, fewer than "
                               f"--batch_size {cfg.batch_size}; with drop_last there is no batch to train on. "
                               "Lower --batch_size.")
         train_stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, cfg.clip_max_norm,
@@ -315,13 +184,12 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
         if output_dir is not None and main_process:
             ckpt = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                     "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": dataclasses.asdict(cfg),
-                    "rng": rng, "warmup": warmup.state_dict(), "categories": categories}
+                    "rng": rng, "warmup": warmup.state_dict(), "categories": run.categories}
             save_checkpoint(ckpt, output_dir / "checkpoint.pth")
             if (epoch + 1) % cfg.lr_drop == 0 or (epoch + 1) % 100 == 0:
                 save_checkpoint(ckpt, output_dir / f"checkpoint{epoch:04}.pth")
 
-        test_stats, coco_eval = evaluate(model, criterion, postprocess,
-                                         val_loader(dataset_val, cfg, distributed, model), coco_gt, device,
+        test_stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(distributed), coco_gt, device,
                                          amp=cfg.amp, monitor=monitor)
         restore_rng_state(rng[get_rank()])
         last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats),
@@ -345,25 +213,6 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
 
 # --------------------------------------------------------------------------- CLI
 
-def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "auto", seed: int = 42) -> Path | str:
-    """The trained shapes detector a notebook starts from (notebooks 10 and 11). `choice`: "auto" =
-    `make train`'s checkpoint, else notebook 08's (checkpoint.COURSE_CHECKPOINTS), else as "train";
-    "train" = 3 epochs of the shapes recipe, the lr / 10 for the last, written to `output_dir` (about
-    2.5 minutes after the backbone's pretraining, 2.5 more the first time); anything
-    else is a checkpoint path or URL, returned as it is."""
-    if choice == "auto":
-        found = find_course_checkpoint(repo)
-        if found is not None:
-            return found
-        choice = "train"
-    if choice != "train":
-        return choice
-    print("no trained shapes detector in this checkout: training 3 epochs of the shapes recipe first")
-    with contextlib.redirect_stdout(io.StringIO()):        # the COCO tables; tqdm bars still show on stderr
-        main(RECIPES["shapes_cpu"](epochs=3, lr_drop=2, device=str(device), seed=seed, output_dir=str(output_dir)))
-    return Path(output_dir) / "checkpoint.pth"
-
-
 def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
     """Flags from the TrainConfig fields; also whether `--num_classes` was passed explicitly."""
     argv = list(argv)
@@ -376,7 +225,7 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
     parser.add_argument("--recipe", choices=sorted(RECIPES),
                         help="start from a named recipe's values instead of the official defaults; "
                              "other flags still override them (shapes_cpu: DETR on shapes from a pretrained, frozen "
-                             "ResNet-18, 15 minutes on 2 CPU cores)")
+                             "ResNet-18, in minutes on 2 CPU cores)")
     cfg = config_from_args(TrainConfig, argv, parser=parser, defaults=RECIPES[recipe]() if recipe else None)
     given = any(a == "--num_classes" or a.startswith("--num_classes=") for a in argv)
     return cfg, given
@@ -387,7 +236,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     cfg, num_classes_given = parse_args(argv)
     if cfg.backbone_in_loader and cfg.num_workers > 0 and "OMP_NUM_THREADS" not in os.environ:
         # the workers run the ResNet on their own cores: more torch threads here would compete with them
-        # (2 cores, 2 workers: 1 thread gives 5.8 steps/s, 2 threads 3.3; benchmarks/backbone_in_loader.py)
+        # (measured: benchmarks/backbone_in_loader.py)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))
     try:
         main(cfg, derive_num_classes=not num_classes_given)

@@ -15,16 +15,26 @@ Parameter names are the official ones, so official checkpoints load unchanged.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_full.fine_memory import FineTokens
 
-# a decoder layer's normalised output (B, Q, D) -> the next layer's (memory_bias, query_pos or None)
-Refine = Callable[[Tensor], tuple[Optional[Tensor], Optional[Tensor]]]
+class Memory(NamedTuple):
+    """The tokens a decoder layer's cross-attention reads (one level of them: the encoder's output, or a
+    successor's extra level) and where they are."""
+    tokens: Tensor        # (B, L, D) the values
+    pos: Tensor           # (B, L, D) their position encodings, added to the keys
+    padding_mask: Tensor  # (B, L) True on padding
+
+
+# A decoder's guide (None in DETR): called before every layer with the previous layer's normalised
+# output (B, Q, D) (None before the first), it returns this layer's query positions (B, Q, D) (None:
+# keep the current ones) and a bias on its cross-attention logits, (B, Q, L) or per head (B, H, Q, L)
+# (None: no bias). A successor steers the queries with it, e.g. towards reference boxes it refines.
+Guide = Callable[[Optional[Tensor]], tuple[Optional[Tensor], Optional[Tensor]]]
 
 
 class MultiheadAttention(nn.Module):
@@ -51,7 +61,8 @@ class MultiheadAttention(nn.Module):
                 allowed: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
         """query (B, Lq, D), key and value (B, Lk, D), key_padding_mask (B, Lk) True on padding;
         allowed (Lq, Lk) bool, True where a query may attend to a key (None: everywhere);
-        bias (B, Lq, Lk) float, added to every head's attention logits (None: nothing)."""
+        bias (B, Lq, Lk) float, added to every head's attention logits, or (B, H, Lq, Lk) one per head
+        (None: nothing)."""
         d, heads = self.embed_dim, self.num_heads
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:  # self-attention: q and k share their input, one matmul for both
@@ -68,7 +79,7 @@ class MultiheadAttention(nn.Module):
         if allowed is not None:
             attend = allowed if attend is None else attend & allowed                 # (B, 1, Lq, Lk) or (Lq, Lk)
         if bias is not None:  # SDPA adds a float mask to the logits; -inf where attention is not allowed
-            bias = bias[:, None].to(q.dtype)                                         # (B, 1, Lq, Lk)
+            bias = (bias[:, None] if bias.dim() == 3 else bias).to(q.dtype)          # (B, 1 or H, Lq, Lk)
             attend = bias if attend is None else bias.masked_fill(~attend, float("-inf"))
         dropout = self.dropout if self.training else 0.0
         weights = None
@@ -137,7 +148,7 @@ class TransformerDecoderLayer(nn.Module):
                 query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None) -> Tensor:
         """tgt, query_pos (B, Q, D); memory, memory_with_pos (B, L, D); mask (B, L) -> (B, Q, D).
         query_allowed (Q, Q): which queries each query may attend to (None: all, as in DETR);
-        memory_bias (B, Q, L): added to the cross-attention logits (None: nothing, as in DETR)."""
+        memory_bias (B, Q, L) or (B, H, Q, L): added to the cross-attention logits (None: nothing, as in DETR)."""
         if self.normalize_before:
             x = self.norm1(tgt)
             q = k = x + query_pos
@@ -171,28 +182,43 @@ class TransformerDecoder(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm  # shared by every layer's readout, which feeds the auxiliary losses
 
-    def forward(self, tgt: Tensor, memory: Tensor, memory_padding_mask: Optional[Tensor], pos: Tensor,
-                query_pos: Tensor, query_allowed: Optional[Tensor] = None,
-                memory_bias: Optional[Tensor] = None, refine: Optional[Refine] = None,
-                fine: Optional[FineTokens] = None) -> Tensor:
-        """-> (num_layers, B, Q, D): the normalised output of every layer. `refine`, when given, maps
-        a layer's normalised output to the next layer's (memory_bias, query_pos); a None query_pos
-        keeps the current one. `fine` (fine_memory.py) joins the memory of every layer after the
-        first, whose memory_bias must then cover both (B, Q, L + L2)."""
-        memory_with_pos = memory + pos
-        levels = [(memory, memory_with_pos, memory_padding_mask)]                  # layer 0's memory
-        if fine is not None:                                                       # (B, L + L2, D), (B, L + L2)
-            levels.append((torch.cat([memory, fine.memory], 1), torch.cat([memory_with_pos, fine.memory + fine.pos], 1),
-                            torch.cat([memory_padding_mask, fine.mask], 1)))
-        outputs = []
-        for i, layer in enumerate(self.layers):
-            keys, keys_with_pos, keys_mask = levels[min(i, len(levels) - 1)]
-            tgt = layer(tgt, keys, keys_with_pos, keys_mask, query_pos, query_allowed, memory_bias)
+    def forward(self, tgt: Tensor, levels: Sequence[Sequence[Memory]], query_pos: Optional[Tensor],
+                query_allowed: Optional[Tensor] = None, guide: Optional[Guide] = None) -> Tensor:
+        """tgt (B, Q, D), the queries' content; levels[i]: the memory levels layer i reads (DETR: the
+        encoder's output, for every layer); query_pos (B, Q, D), or None when the guide gives the first
+        layer's. -> (num_layers, B, Q, D): the normalised output of every layer."""
+        position, memory_bias = guide(None) if guide is not None else (None, None)
+        query_pos = query_pos if position is None else position
+        reads = _cross_attention_inputs(levels)
+        outputs: list[Tensor] = []
+        for i, (layer, (memory, memory_with_pos, mask)) in enumerate(zip(self.layers, reads, strict=True)):
+            if i > 0 and guide is not None:
+                position, memory_bias = guide(outputs[-1])
+                query_pos = query_pos if position is None else position
+            tgt = layer(tgt, memory, memory_with_pos, mask, query_pos, query_allowed, memory_bias)
             outputs.append(self.norm(tgt))
-            if refine is not None and i + 1 < len(self.layers):
-                memory_bias, next_pos = refine(outputs[-1])
-                query_pos = query_pos if next_pos is None else next_pos
         return torch.stack(outputs)
+
+
+def _cross_attention_inputs(levels: Sequence[Sequence[Memory]]) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per layer: the values (B, L, D), keys (B, L, D) and padding mask (B, L) over the levels it reads,
+    concatenated; each level's keys (tokens + pos) and each combination are computed once. The official
+    layers add pos to the memory in every layer."""
+    keys: dict[int, Tensor] = {}
+    combined: dict[tuple[int, ...], tuple[Tensor, Tensor, Tensor]] = {}
+    for layer_levels in levels:
+        ids = tuple(map(id, layer_levels))
+        if ids in combined:
+            continue
+        values = torch.cat([m.tokens for m in layer_levels], 1) if len(layer_levels) > 1 else layer_levels[0].tokens
+        for m in layer_levels:
+            if id(m) not in keys:
+                keys[id(m)] = m.tokens + m.pos                                  # (B, L_i, D)
+        level_keys = [keys[id(m)] for m in layer_levels]
+        combined[ids] = (values, torch.cat(level_keys, 1) if len(level_keys) > 1 else level_keys[0],
+                         torch.cat([m.padding_mask for m in layer_levels], 1) if len(layer_levels) > 1
+                         else layer_levels[0].padding_mask)
+    return [combined[tuple(map(id, layer_levels))] for layer_levels in levels]
 
 
 class Transformer(nn.Module):
@@ -213,40 +239,35 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor,
-                query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
-                refine: Optional[Refine] = None, query_content: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
-        """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D); pos_embed (B, D, h, w).
-        Hooks for DETR's successors, None in DETR: query_allowed (Q, Q) bool, the decoder
-        self-attention mask (query groups); memory_bias (B, Q, h*w), added to the first decoder
-        layer's cross-attention logits, and refine, which makes the next layer's memory_bias and
-        query positions from a layer's output (reference boxes refined layer by layer: spatial
-        prior, anchor queries); query_content (B, Q, D), the
-        decoder's input instead of zeros, with query_embed then (B, Q, D) too (denoising queries).
-        Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos_embed: Tensor) -> tuple[Tensor, Tensor]:
+        """src (B, D, h, w); mask (B, h, w) True on padding; query_embed (Q, D), the object queries;
+        pos_embed (B, D, h, w). Returns hs (num_decoder_layers, B, Q, D) and memory (B, D, h, w)."""
         b, d, h, w = src.shape
-        memory, mask, pos = self.encode(src, mask, pos_embed)             # (B, L, D), (B, L), (B, L, D)
-        hs = self.decode(memory, mask, pos, query_embed, query_allowed, memory_bias, refine, query_content)
-        return hs, memory.transpose(1, 2).reshape(b, d, h, w)
+        memory = self.encode(src, mask, pos_embed)
+        hs = self.decode(memory, query_embed)
+        return hs, memory.tokens.transpose(1, 2).reshape(b, d, h, w)
 
-    def encode(self, src: Tensor, mask: Tensor, pos_embed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """src (B, D, h, w); mask (B, h, w); pos_embed (B, D, h, w) -> the encoder's output memory
-        (B, L, D), with the flattened mask (B, L) and the positions (B, L, D) the decoder adds to it."""
+    def encode(self, src: Tensor, mask: Tensor, pos_embed: Tensor) -> Memory:
+        """src (B, D, h, w); mask (B, h, w); pos_embed (B, D, h, w) -> the encoder's output tokens (B, L, D),
+        with their positions and padding mask, as the decoder reads them."""
         src = src.flatten(2).transpose(1, 2)                               # (B, L, D)
         pos = pos_embed.flatten(2).transpose(1, 2)                         # (B, L, D)
         if self.pos_at_input:                                              # Table 3's "sine at input"
             src, pos = src + pos, torch.zeros_like(pos)
         mask = mask.flatten(1)                                             # (B, L)
-        return self.encoder(src, mask, pos), mask, pos
+        return Memory(self.encoder(src, mask, pos), pos, mask)
 
-    def decode(self, memory: Tensor, mask: Tensor, pos: Tensor, query_embed: Tensor,
-               query_allowed: Optional[Tensor] = None, memory_bias: Optional[Tensor] = None,
-               refine: Optional[Refine] = None, query_content: Optional[Tensor] = None,
-               fine: Optional[FineTokens] = None) -> Tensor:
-        """`encode`'s three outputs and `forward`'s query arguments -> hs (num_decoder_layers, B, Q, D).
-        `fine`: more memory for the layers after the first (fine_memory.py)."""
-        query_pos = query_embed.expand(len(memory), -1, -1)                # (B, Q, D)
+    def decode(self, memory: Union[Memory, Sequence[Sequence[Memory]]], query_pos: Optional[Tensor],
+               query_content: Optional[Tensor] = None, query_allowed: Optional[Tensor] = None,
+               guide: Optional[Guide] = None) -> Tensor:
+        """-> hs (num_decoder_layers, B, Q, D). memory: the encoder's, read by every layer, or per layer
+        the list of memory levels it reads; query_pos (Q, D) or (B, Q, D): the object queries, added to
+        every attention's queries (None: the guide makes them); query_content (B, Q, D): the decoder's
+        input (None: zeros, as in DETR); query_allowed (Q, Q) bool and guide: see
+        TransformerDecoderLayer and `Guide` (None in DETR)."""
+        levels = [[memory]] * len(self.decoder.layers) if isinstance(memory, Memory) else memory
+        if query_pos is not None:
+            query_pos = query_pos.expand(len(levels[0][0].tokens), -1, -1)  # (B, Q, D)
         # the decoder starts from zeros; queries enter as positions
         tgt = torch.zeros_like(query_pos) if query_content is None else query_content
-        return self.decoder(tgt, memory, mask, pos, query_pos, query_allowed, memory_bias, refine,
-                            fine)                                           # (layers, B, Q, D)
+        return self.decoder(tgt, levels, query_pos, query_allowed, guide)  # (layers, B, Q, D)

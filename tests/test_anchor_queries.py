@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from detr_full.anchor_queries import box_sine_embedding
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
-from detr_full.detr import build_detr
+from detr_full.successors.anchor_queries import box_sine_embedding
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=3, dim_feedforward=64, nheads=2,
                   num_queries=4, num_classes=7, lr_backbone=0.0, dropout=0.0, spatial_prior=True,
@@ -84,5 +84,5 @@ def test_denoising_queries_take_their_position_from_their_noised_box():
 
 
 def test_without_the_spatial_prior_it_is_refused():
-    with pytest.raises(ValueError, match="need spatial_prior=True"):
+    with pytest.raises(ValueError, match="spatial_prior=False: turn on spatial_prior"):
         build_detr(dataclasses.replace(TINY, spatial_prior=False))

@@ -6,8 +6,7 @@ import torch
 
 from conftest import golden_path
 from detr_full import DETRConfig, build_detr
-from detr_full.checkpoint import (COURSE_CHECKPOINTS, CheckpointError, find_course_checkpoint, load_checkpoint,
-                                  load_model_weights, save_checkpoint)
+from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=32,
                   num_queries=5, num_classes=4)
@@ -81,13 +80,3 @@ def test_checkpoint_from_another_architecture_names_keys_and_suggests_finetune()
     assert torch.equal(model.state_dict()["query_embed.weight"], source["query_embed.weight"])
 
 
-def test_course_checkpoint_prefers_make_train_over_notebook_08(tmp_path):
-    assert find_course_checkpoint(tmp_path) is None                          # nothing trained yet
-    notebook_08, make_train = (tmp_path / p for p in reversed(COURSE_CHECKPOINTS))
-    save_checkpoint({"model": {}}, notebook_08)
-    assert find_course_checkpoint(tmp_path) == notebook_08
-    save_checkpoint({"model": {}}, make_train)
-    assert find_course_checkpoint(tmp_path) == make_train
-    make_train.unlink()
-    make_train.mkdir()                                                       # a folder by that name is no checkpoint
-    assert find_course_checkpoint(tmp_path) == notebook_08

@@ -5,9 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
-from detr_full.denoising import Denoising, DenoisingCriterion, denoising_attention_mask, noise_boxes, noise_labels
-from detr_full.detr import build_detr
+from detr_full.successors.criterion import SuccessorCriterion
+from detr_full.successors.denoising import Denoising, denoising_attention_mask, noise_boxes, noise_labels
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
                   num_queries=4, num_classes=7, lr_backbone=0.0, dropout=0.0, spatial_prior=True, dn_groups=3)
@@ -94,7 +95,7 @@ def test_inference_is_spatial_prior_detr_and_only_denoising_tensors_are_added():
 
 def test_denoising_loss_by_hand():
     criterion = build_detr(dataclasses.replace(TINY, aux_loss=False))[1]
-    assert isinstance(criterion, DenoisingCriterion)
+    assert isinstance(criterion, SuccessorCriterion)
     assert {k: criterion.weight_dict[k] for k in ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")} == \
         {"loss_dn_ce": 1.0, "loss_dn_bbox": 5.0, "loss_dn_giou": 2.0}
     true_boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.2, 0.2]]])   # (B=1, N=2, 4)
@@ -117,5 +118,5 @@ def test_denoising_loss_by_hand():
 
 
 def test_config_without_the_spatial_prior_is_refused():
-    with pytest.raises(ValueError, match="spatial_prior=True"):
+    with pytest.raises(ValueError, match="spatial_prior=False: turn on spatial_prior"):
         build_detr(dataclasses.replace(TINY, spatial_prior=False))

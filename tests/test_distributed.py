@@ -18,11 +18,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from detr_full.box_ops import box_xyxy_to_cxcywh
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
 from detr_full.data.coco import build_dataset, coco_api
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import make_shapes
-from detr_full.detr import build_detr
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, reduce_mean_dict
 from detr_full.engine import evaluate, train_one_epoch
 

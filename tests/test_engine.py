@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from detr_full.build import build_detr
 from detr_full.config import TrainConfig, model_config
 from detr_full.criterion import SetCriterion
 from detr_full.data.coco import build_dataset, coco_api
 from detr_full.data.collate import collate_fn
 from detr_full.data.shapes import make_shapes
-from detr_full.detr import build_detr
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
 from detr_full.train import cli, main
 from detr_full.viz import plot_logs, read_log

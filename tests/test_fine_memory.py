@@ -1,4 +1,4 @@
-"""detr_full.fine_memory: the backbone's earlier stage, and who may attend to it."""
+"""detr_full.successors.fine_memory: the backbone's earlier stage, and who may attend to it."""
 
 import dataclasses
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from detr_full.backbone import Backbone
-from detr_full.config import DETRConfig
+from detr_full.build import build_detr
+from detr_full.config import ConfigError, DETRConfig, TrainConfig, check_config
 from detr_full.data.collate import BackboneCollate
-from detr_full.detr import build_detr
-from detr_full.fine_memory import on_coarse_cells
-from detr_full.spatial_prior import SpatialPrior
-from detr_full.train import ConfigError, TrainConfig, check_supported
+from detr_full.successors.fine_memory import on_coarse_cells
+from detr_full.successors.reference_boxes import ReferenceBoxes
+from detr_full.successors.spatial_prior import SpatialPrior
 
 TINY = DETRConfig(backbone="resnet18", backbone_stride=16, hidden_dim=32, enc_layers=1, dec_layers=2,
                   dim_feedforward=64, nheads=2, num_queries=3, num_classes=7, lr_backbone=0.0, dropout=0.0,
@@ -62,7 +62,7 @@ def test_the_loader_gives_the_model_the_fine_level():
     model.eval()
     images, mask = images_and_mask()
     batch = [(images[i, :, :, :w], {}) for i, w in enumerate((128, 80))]
-    features, padding_mask, _ = BackboneCollate(model.backbone[0])(batch)
+    features, padding_mask, _ = BackboneCollate(model.backbone[0].run)(batch)
     assert features.fine is not None
     with torch.no_grad():
         torch.testing.assert_close(model(features, padding_mask)["pred_boxes"], model(images, mask)["pred_boxes"])
@@ -71,11 +71,11 @@ def test_the_loader_gives_the_model_the_fine_level():
 def test_the_refined_bias_covers_both_levels():
     coarse, fine = torch.zeros(1, 2, 3, dtype=torch.bool), torch.zeros(1, 4, 6, dtype=torch.bool)
     reference = torch.tensor([[[0.25, 0.5, 0.2, 0.2]]])              # (B, Q, 4)
-    prior = SpatialPrior(1, learned=False).decoding(lambda hs: torch.zeros(*hs.shape[:2], 4), 1, coarse,
-                                                    initial=reference, fine_mask=fine)
-    first, refine = prior.hooks()
+    grids = [[coarse], [coarse, fine]]                               # what the two layers read
+    boxes = ReferenceBoxes(reference, lambda hs: torch.zeros(*hs.shape[:2], 4), [SpatialPrior.prior(grids)])
+    _, first = boxes(None)
     assert first.shape == (1, 1, 6)                                  # the first layer: the encoded tokens only
-    bias, _ = refine(torch.zeros(1, 1, 8))                           # a zero offset: the same box
+    _, bias = boxes(torch.zeros(1, 1, 8))                            # a zero offset: the same box
     torch.testing.assert_close(bias, torch.cat([SpatialPrior.attention_bias(reference, coarse),
                                                 SpatialPrior.attention_bias(reference, fine)], -1))
     # the fine token nearest the box centre (column 1 of 6 at x 0.25, rows 1-2 at y 0.5) is the most attended
@@ -84,10 +84,10 @@ def test_the_refined_bias_covers_both_levels():
 
 
 def test_bad_uses_are_clear_errors():
-    with pytest.raises(ValueError, match="at least 2 decoder layers"):
+    with pytest.raises(ValueError, match="dec_layers >= 2; got 1"):
         build_detr(dataclasses.replace(TINY, dec_layers=1))
-    with pytest.raises(ConfigError, match="--dec_layers 2 or more"):
-        check_supported(TrainConfig(fine_memory=True, dec_layers=1))
+    with pytest.raises(ConfigError, match="dec_layers >= 2; got 1"):
+        check_config(TrainConfig(fine_memory=True, dec_layers=1))
     model, _, _ = build_detr(TINY)
     images, mask = images_and_mask()
     plain = model.backbone[0].run(images, mask)._replace(fine=None, fine_mask=None)

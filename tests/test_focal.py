@@ -1,4 +1,4 @@
-"""detr_full.focal: the focal loss and cost by hand and against torchvision, the model's head, post-processing."""
+"""detr_full.successors.focal: the focal loss and cost by hand and against torchvision, the model's head, post-processing."""
 
 import dataclasses
 import math
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torchvision.ops import sigmoid_focal_loss
 
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
-from detr_full.detr import build_detr
-from detr_full.focal import SigmoidFocal
 from detr_full.matcher import HungarianMatcher
+from detr_full.successors.focal import SigmoidFocal
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
                   num_queries=4, num_classes=3, lr_backbone=0.0, dropout=0.0, focal_loss=True)
@@ -51,7 +51,7 @@ def test_matcher_follows_the_focal_class_cost():
     boxes = torch.full((1, 2, 4), 0.5)                                       # both queries: the same box
     logits = torch.tensor([[[-4.0, 3.0], [3.0, -4.0]]])                      # query 0 says class 1
     targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.5, 0.5]])}]
-    matcher = HungarianMatcher(1, 5, 2, focal=SigmoidFocal(2))
+    matcher = HungarianMatcher(1, 5, 2, classification=SigmoidFocal(2))
     (queries, _), = matcher({"pred_logits": logits, "pred_boxes": boxes}, targets)
     assert queries.tolist() == [0]
 
@@ -78,7 +78,7 @@ def test_postprocess_scores_are_the_best_sigmoid_and_cardinality_counts_confiden
     result = postprocess({"pred_logits": logits, "pred_boxes": torch.full((1, 2, 4), 0.5)}, torch.tensor([[10, 10]]))
     torch.testing.assert_close(result[0]["scores"], torch.tensor([2.0, -2.0]).sigmoid())
     assert result[0]["labels"].tolist() == [0, 1]
-    assert SigmoidFocal.is_object(logits).tolist() == [[True, False]]
+    assert SigmoidFocal(3).is_object(logits).tolist() == [[True, False]]
 
 
 def test_denoising_uses_the_focal_loss_too():

@@ -4,10 +4,11 @@ import dataclasses
 
 import torch
 
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
-from detr_full.detr import build_detr
-from detr_full.group_detr import GroupSetCriterion, group_attention_mask, split_groups
+from detr_full.successors.criterion import SuccessorCriterion
+from detr_full.successors.group_detr import group_attention_mask, split_groups
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
                   num_queries=3, num_classes=7, lr_backbone=0.0, dropout=0.0, num_query_groups=2)
@@ -62,7 +63,7 @@ def test_state_dict_keys_are_the_official_ones():
 
 def test_criterion_averages_groups_and_equals_set_criterion_on_one_group():
     _, criterion, _ = build_detr(TINY)
-    assert isinstance(criterion, GroupSetCriterion)
+    assert isinstance(criterion, SuccessorCriterion)
     plain = SetCriterion(TINY.num_classes, criterion.matcher, criterion.weight_dict, TINY.eos_coef)
     torch.manual_seed(0)
     outputs = {"pred_logits": torch.randn(2, 6, 8), "pred_boxes": torch.rand(2, 6, 4) * 0.5 + 0.25,

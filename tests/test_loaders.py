@@ -3,15 +3,11 @@
 import pytest
 import torch
 
-from detr_full.config import DETRConfig, TrainConfig, shapes_cpu_recipe
+from detr_full.config import TrainConfig
 from detr_full.data.coco import build_dataset
 from detr_full.data.collate import BackboneCollate, collate_fn
 from detr_full.data.loaders import batch_collate, train_loader, val_loader
 from detr_full.data.shapes import make_shapes
-from detr_full.detr import build_detr
-
-TINY = dict(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
-            num_queries=5, lr_backbone=0.0)   # a frozen ResNet, which the workers may run
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +39,9 @@ def test_val_loader_keeps_the_dataset_order_and_every_image(dataset):
     assert ids == _dataset_ids(dataset)                     # 8 images in batches of 3, 3 and 2
 
 
-def test_backbone_in_loader_needs_workers_and_the_model():
-    assert shapes_cpu_recipe().backbone_in_loader
-    assert batch_collate(shapes_cpu_recipe(num_workers=0), None) is collate_fn   # no workers: the model runs it
-    with pytest.raises(ValueError, match="pass the model to the loader"):
-        batch_collate(shapes_cpu_recipe(num_workers=1), None)
-    model = build_detr(DETRConfig(**{k: v for k, v in TINY.items() if hasattr(DETRConfig, k)}, num_classes=19))[0]
-    assert isinstance(batch_collate(shapes_cpu_recipe(num_workers=1), model), BackboneCollate)
-    assert batch_collate(shapes_cpu_recipe(num_workers=1), model.to("meta")) is collate_fn   # not on the CPU
+def test_the_collate_runs_the_features_it_is_given():
+    assert batch_collate(None) is collate_fn
+    collate = batch_collate(lambda images, mask: images.mean())
+    assert isinstance(collate, BackboneCollate)
+    features, _, _ = collate([(torch.ones(3, 4, 4), {"labels": torch.tensor([1])})])
+    assert features == 1.0

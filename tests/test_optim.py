@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig, TrainConfig
-from detr_full.detr import build_detr
 from detr_full.optim import LinearWarmup, build_optimizer
 
 

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from detr_full.postprocess import PostProcess
+from detr_full.postprocess import PostProcess, nms
 
 
 def _assert_results(ours, ref):
@@ -28,3 +29,16 @@ def test_no_object_is_never_a_label_and_boxes_are_absolute_xyxy():
     (result,) = PostProcess()({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[100, 200]]))
     assert result["labels"].tolist() == [1]
     torch.testing.assert_close(result["boxes"], torch.tensor([[50., 0., 150., 100.]]))
+
+
+def test_nms_drops_a_box_that_overlaps_a_better_one_of_its_class_per_image():
+    boxes = torch.tensor([[0., 0., 10., 10.], [1., 0., 11., 10.], [0., 0., 10., 10.], [50., 50., 60., 60.]])
+    result = {"scores": torch.tensor([0.9, 0.8, 0.7, 0.6]), "labels": torch.tensor([1, 1, 2, 1]), "boxes": boxes}
+    # box 1 overlaps box 0 (same class) by IoU 90/110 = 0.82; box 2 is another class; box 3 overlaps nothing
+    (kept,) = nms([result], iou=0.7)
+    assert kept["scores"].tolist() == pytest.approx([0.9, 0.7, 0.6]) and kept["labels"].tolist() == [1, 2, 1]
+    assert torch.equal(kept["boxes"], boxes[[0, 2, 3]])
+    (kept,) = nms([result], iou=0.85)                                   # above their IoU: both stay
+    assert len(kept["scores"]) == 4
+    other = {k: v.clone() for k, v in result.items()}
+    assert [len(r["scores"]) for r in nms([result, other], iou=0.7)] == [3, 3]   # images are never compared

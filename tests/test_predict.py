@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import golden_path
 
+from detr_full.build import build_detr
 from detr_full.checkpoint import save_checkpoint
 from detr_full.config import DETRConfig
 from detr_full.data.shapes import make_shapes
-from detr_full.detr import build_detr
 from detr_full.predict import COCO_CLASSES, cli, config_from_checkpoint, predict
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
@@ -89,3 +89,54 @@ def test_predict_official_checkpoint(shapes, tmp_path):
     assert len(results) == 20  # its 20 queries
     names = set(COCO_CLASSES) - {"N/A"}
     assert all(r["category_name"] in names or r["category_name"].isdigit() for r in results)
+
+
+OPTIONS = {  # every successor option, and the shapes recipe's four together
+    "focal loss": dict(focal_loss=True),
+    "query groups": dict(num_query_groups=3),
+    "denoising": dict(spatial_prior=True, dn_groups=2),
+    "conditional": dict(spatial_prior=True, conditional=True),
+    "the recipe's four": dict(spatial_prior=True, query_selection=True, selection_nms=0.3, anchor_queries=True,
+                              fine_memory=True, backbone_stride=16, dec_layers=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_predict_works_on_a_checkpoint_of_every_option(name, shapes, tmp_path):
+    from detr_full.config import TrainConfig
+    cfg = TrainConfig(**{**dataclasses.asdict(TINY), **OPTIONS[name]}, val_size=64, max_size=96)
+    torch.manual_seed(0)
+    model, _, _ = build_detr(cfg)
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"model": model.state_dict(), "args": dataclasses.asdict(cfg), "epoch": 0}, path)
+    found = config_from_checkpoint(torch.load(path, weights_only=True), str(path))
+    assert (found.num_classes, found.num_queries) == (19, 5)          # not the head's rows: K or K*Q
+    assert all(getattr(found, k) == v for k, v in OPTIONS[name].items())
+    results = predict(path, [sorted((shapes / "val2017").iterdir())[0]], tmp_path, threshold=0.0, device="cpu")
+    assert len(results) == 5                                           # one detection per query, one group
+
+
+def test_predict_resizes_as_the_run_that_wrote_the_checkpoint_evaluated(checkpoint, shapes, tmp_path, monkeypatch,
+                                                                     capsys):
+    import detr_full.predict as predict_module
+    from detr_full.config import TrainConfig
+    seen = []
+
+    def load_and_watch(*args, **kwargs):
+        model, *rest = load_predictor(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: seen.append(tuple(inputs[0].shape[-2:])))
+        return (model, *rest)
+
+    load_predictor = predict_module.load_predictor
+    monkeypatch.setattr(predict_module, "load_predictor", load_and_watch)
+    ours = tmp_path / "ours.pth"
+    save_checkpoint({"model": build_detr(TINY)[0].state_dict(),
+                     "args": dataclasses.asdict(TrainConfig(**dataclasses.asdict(TINY), val_size=64, max_size=80))}, ours)
+    image = sorted((shapes / "val2017").iterdir())[0]                  # shapes images: 96..256 px a side
+    predict(ours, [image], tmp_path, device="cpu")
+    assert min(seen[-1]) <= 64 and max(seen[-1]) <= 80                 # the run's val_size and max_size
+    assert "short side of 64 px, at most 80 px long (as the run that wrote the checkpoint" in capsys.readouterr().out
+    predict(ours, [image], tmp_path, device="cpu", size=48, max_size=200)   # told otherwise
+    assert min(seen[-1]) == 48
+    predict(checkpoint, [image], tmp_path, device="cpu")              # args without sizes: the official 800
+    assert min(seen[-1]) == 800 or max(seen[-1]) == 1333

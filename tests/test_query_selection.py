@@ -1,4 +1,4 @@
-"""detr_full.query_selection: token anchors, the top-Q selection, the encoder loss, what it may not do."""
+"""detr_full.successors.query_selection: token anchors, the top-Q selection, the encoder loss, what it may not do."""
 
 import dataclasses
 
@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from detr_full.config import DETRConfig
-from detr_full.detr import MLP, build_detr, loss_weights
-from detr_full.query_selection import QuerySelection, token_anchors
-from detr_full.train import ConfigError, TrainConfig, check_supported
+from detr_full.build import build_detr, loss_weights
+from detr_full.classification import SoftmaxClassification
+from detr_full.config import ConfigError, DETRConfig, TrainConfig, check_config
+from detr_full.detr import MLP
+from detr_full.successors.query_selection import QuerySelection, token_anchors
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
                   num_queries=3, num_classes=7, lr_backbone=0.0, dropout=0.0, spatial_prior=True,
@@ -31,7 +32,7 @@ def test_anchors_by_hand():
 
 def selection(num_queries: int) -> QuerySelection:
     """A QuerySelection whose token t's class-0 logit is memory[t, 0] (other logits 0)."""
-    select = QuerySelection(4, 3, num_queries, MLP(4, 4, 4, 3))
+    select = QuerySelection(4, SoftmaxClassification(), 2, num_queries, MLP(4, 4, 4, 3))   # K = 2 + 1
     select.norm = nn.Identity()
     with torch.no_grad():
         select.class_embed.weight.zero_()
@@ -85,22 +86,22 @@ def test_the_decoder_starts_from_the_best_proposals():
     torch.manual_seed(0)
     model = build_detr(TINY)[0].eval()
     seen = []
-    decoding = model.spatial_prior.decoding
-    model.spatial_prior.decoding = lambda *args, **kwargs: seen.append(args[-1]) or decoding(*args, **kwargs)
+    reference_boxes = model.reference_boxes
+    model.reference_boxes = lambda *args: seen.append(reference_boxes(*args)) or seen[-1]
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 96))
     enc = out["enc_outputs"]                                         # (1, 2 * 3, .) at stride 32
     best = enc["pred_logits"].softmax(-1)[..., :-1].max(-1).values.topk(TINY.num_queries).indices[0]
-    torch.testing.assert_close(seen[0], enc["pred_boxes"][:, best])
+    torch.testing.assert_close(seen[0].boxes[0], enc["pred_boxes"][:, best])     # the first layer's boxes
 
 
 def test_needs_the_spatial_prior_and_one_query_group():
-    with pytest.raises(ValueError, match="spatial_prior=True"):
+    with pytest.raises(ValueError, match="spatial_prior=False"):
         build_detr(dataclasses.replace(TINY, spatial_prior=False))
-    with pytest.raises(ValueError, match="num_query_groups=1"):
+    with pytest.raises(ValueError, match="num_query_groups=2: set num_query_groups to 1"):
         build_detr(dataclasses.replace(TINY, num_query_groups=2))
-    with pytest.raises(ConfigError, match="--spatial_prior"):
-        check_supported(TrainConfig(query_selection=True))
+    with pytest.raises(ConfigError, match="query_selection=True proposes .* spatial_prior=False"):
+        check_config(TrainConfig(query_selection=True))
 
 
 def test_nms_prefers_proposals_that_do_not_overlap_a_better_one():
@@ -118,7 +119,7 @@ def test_nms_prefers_proposals_that_do_not_overlap_a_better_one():
 
 
 def test_selection_nms_is_an_iou_and_needs_query_selection():
-    with pytest.raises(ConfigError, match="--selection_nms 0.5"):
-        check_supported(TrainConfig(selection_nms=0.5))             # without --query_selection
-    with pytest.raises(ConfigError, match="--selection_nms 1.5"):
-        check_supported(TrainConfig(spatial_prior=True, query_selection=True, selection_nms=1.5))
+    with pytest.raises(ConfigError, match="selection_nms=0.5"):
+        check_config(TrainConfig(selection_nms=0.5))                # without query_selection
+    with pytest.raises(ConfigError, match="selection_nms=1.5"):
+        check_config(TrainConfig(spatial_prior=True, query_selection=True, selection_nms=1.5))

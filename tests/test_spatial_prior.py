@@ -4,9 +4,9 @@ import dataclasses
 
 import torch
 
+from detr_full.build import build_detr
 from detr_full.config import DETRConfig
-from detr_full.detr import build_detr
-from detr_full.spatial_prior import SpatialPrior, grid_boxes, inverse_sigmoid, token_centres
+from detr_full.successors.spatial_prior import SpatialPrior, grid_boxes, inverse_sigmoid, token_centres
 
 TINY = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=2, dim_feedforward=64, nheads=2,
                   num_queries=4, num_classes=7, lr_backbone=0.0, dropout=0.0, spatial_prior=True)

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from detr_full.build import build_detr
 from detr_full.checkpoint import save_checkpoint
 from detr_full.config import DETRConfig, TrainConfig
 from detr_full.data.shapes import make_shapes
-from detr_full.detr import build_detr
 from detr_full.train import cli, main, parse_args
 from detr_full.viz import plot_logs, read_log
 
@@ -155,17 +155,18 @@ def test_bad_input_exits_2(shapes, tmp_path, capsys):
     assert cli(tiny_argv(shapes, num_classes=5)) == 2   # shapes uses category ids up to 18
     assert "at least 19" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, num_query_groups=0)) == 2
-    assert "--num_query_groups must be >= 1" in capsys.readouterr().err
+    assert "num_query_groups must be >= 1 (1 = plain DETR); got 0" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, dn_groups=2)) == 2                 # denoising needs the spatial prior
-    assert "--spatial_prior (their anchor boxes)" in capsys.readouterr().err
+    assert "dn_groups=2 decodes noised ground-truth boxes as reference boxes of the spatial prior, but " \
+           "spatial_prior=False: turn on spatial_prior (--spatial_prior)" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, anchor_queries=True)) == 2
-    assert "add --spatial_prior" in capsys.readouterr().err
+    assert "anchor_queries=True makes the query positions" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, focal_loss=True, focal_alpha=1.5)) == 2
-    assert "--focal_alpha" in capsys.readouterr().err
+    assert "focal_alpha is the positives' weight in the focal loss, in (0, 1); got 1.5" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, pretrained_backbone="pretrain", pretrain_task="segmentation")) == 2
-    assert "--pretrain_task must be one of objects, multilabel" in capsys.readouterr().err
+    assert "pretrain_task must be one of objects, multilabel; got 'segmentation'" in capsys.readouterr().err
     assert cli(tiny_argv(shapes, backbone_in_loader=True, lr_backbone=1e-5)) == 2   # the ResNet must be frozen
-    assert "must be frozen: add --lr_backbone 0 (got 1e-05)" in capsys.readouterr().err
+    assert "must be frozen: set lr_backbone 0 (--lr_backbone 0; got 1e-05)" in capsys.readouterr().err
 
 
 def test_num_classes_given_is_detected():
@@ -218,21 +219,3 @@ def test_diagnostics_are_logged_and_change_nothing(shapes, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)                  # measuring does not change the run
     fig = plot_logs(tmp_path / "on", fields=("matching_instability", "box_spread"))
     assert [len(ax.lines) for ax in fig.axes] == [1, 1]              # the test_ curve of each
-
-
-def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, monkeypatch):
-    import detr_full.train as train_module
-    from detr_full.train import course_detector
-
-    trained = []
-    monkeypatch.setattr(train_module, "main", lambda cfg: trained.append(cfg))
-    out = tmp_path / "nb"
-    assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
-    assert trained[0].epochs == 3 and trained[0].lr_drop == 2 and trained[0].seed == 3
-    assert trained[0].output_dir == str(out)
-    assert trained[0].spatial_prior and trained[0].backbone == "resnet18"                    # the shapes recipe
-    for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
-        (tmp_path / path).parent.mkdir(parents=True)
-        (tmp_path / path).write_bytes(b"")
-        assert course_detector("auto", tmp_path, out) == tmp_path / path                     # make train's first
-    assert course_detector("my.pth", tmp_path, out) == "my.pth" and len(trained) == 1

@@ -396,3 +396,19 @@ def coco_api(dataset: Dataset) -> COCO:
         raise TypeError(f"coco_api: {type(dataset).__name__} has no .coco; expected a CocoDetection "
                         "(possibly wrapped in torch.utils.data.Subset).")
     return dataset.coco
+
+
+def category_names(dataset: Dataset) -> dict[int, str]:
+    """{category id: name} of a dataset's annotations (looking through Subsets)."""
+    return {int(c["id"]): str(c["name"]) for c in coco_api(dataset).dataset.get("categories", [])}
+
+
+def num_classes_of(dataset: Dataset) -> int:
+    """num_classes for a model trained on `dataset`: its largest category id + 1 (COCO: 91)."""
+    inner = dataset
+    while isinstance(inner, Subset):
+        inner = inner.dataset
+    ann_file = getattr(inner, "ann_file", None)
+    if ann_file is not None:
+        return num_classes_from_annotations(ann_file)
+    return max(category_names(dataset), default=0) + 1

@@ -7,12 +7,10 @@ The mask's polarity is the one `nn.MultiheadAttention(key_padding_mask=...)` exp
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
-
-from detr_full.backbone import Backbone, BackboneFeatures
 
 
 def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -50,24 +48,20 @@ def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, 
 
 
 class BackboneCollate:
-    """`collate_fn`, then the frozen ResNet on the padded batch, in the loader's worker process.
+    """`collate_fn`, then a frozen backbone on the padded batch, in the loader's worker process.
 
-    The batch's images are replaced by the features DETR's backbone would compute from them
-    (`BackboneFeatures`: the same operations on the same padded batch). With `num_workers >= 1`
-    the workers compute the next batches' features while the main process trains on this one: on
-    a 2-core CPU the two halves of a step run side by side (`TrainConfig.backbone_in_loader`).
-    The workers hold a copy of the backbone, so it must be one that training cannot change.
+    The batch's images are replaced by what `features(images, padding_mask)` returns: the features
+    DETR's backbone would compute from them (`Backbone.run`, which the run setup hands over once it
+    has checked that training cannot change the backbone: run_setup.py). With `num_workers >= 1` the
+    workers compute the next batches' features while the main process trains on this one: on a
+    2-core CPU the two halves of a step run side by side (`TrainConfig.backbone_in_loader`).
     """
 
-    def __init__(self, backbone: Backbone):
-        if not backbone.frozen:
-            raise ValueError("backbone_in_loader needs a frozen backbone (lr_backbone <= 0 and frozen_bn=True): the "
-                             "loader's workers run a copy of it, which would fall behind a backbone being trained.")
-        self.backbone = backbone
+    def __init__(self, features: Callable[[Tensor, Tensor], Any]):
+        self.features = features
 
-    def __call__(self, batch: Sequence[tuple[Tensor, dict[str, Any]]]
-                 ) -> tuple[BackboneFeatures, Tensor, list[dict[str, Any]]]:
+    def __call__(self, batch: Sequence[tuple[Tensor, dict[str, Any]]]) -> tuple[Any, Tensor, list[dict[str, Any]]]:
         images, padding_mask, targets = collate_fn(batch)   # (B, 3, H, W), (B, H, W)
         with torch.no_grad():
-            features = self.backbone.run(images, padding_mask)  # (B, C, h, w), (B, h, w) (+ the fine level)
+            features = self.features(images, padding_mask)  # e.g. BackboneFeatures: (B, C, h, w), (B, h, w), ...
         return features, padding_mask, targets

@@ -2,15 +2,16 @@
 
 The training order depends only on `(seed, epoch)` (and the rank), so an exact resume needs no
 sampler state; with `aspect_ratio_grouping` the batches hold images of one orientation (less
-padding); with `backbone_in_loader` the workers also run the model's frozen ResNet (collate.py).
+padding); given `features` (`backbone_in_loader`), the workers also run the model's frozen ResNet
+(collate.py).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
-from torch import nn
+from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from detr_full.config import TrainConfig
@@ -29,25 +30,15 @@ def train_sampler(dataset, cfg: TrainConfig, epoch: int, distributed: bool):
     return RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
 
 
-def batch_collate(cfg: TrainConfig, model: Optional[nn.Module]):
-    """The loaders' collate: pad the images, and with `backbone_in_loader` also run `model`'s frozen
-    ResNet on them in the workers (data/collate.py: BackboneCollate). Without workers
-    (`num_workers=0`) or with the model on a GPU, the model runs its ResNet itself: the same
-    numbers, and nothing to gain."""
-    if not cfg.backbone_in_loader or cfg.num_workers == 0:
-        return collate_fn
-    if model is None:
-        raise ValueError("backbone_in_loader: pass the model to the loader (train_loader(..., model=model)); "
-                         "its workers run the model's frozen ResNet.")
-    backbone = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).backbone[0]
-    if next(backbone.parameters()).device.type != "cpu":
-        return collate_fn               # on a GPU the model's own ResNet is faster than the CPU workers
-    return BackboneCollate(backbone)
+def batch_collate(features: Optional[Callable[[Tensor, Tensor], Any]]):
+    """The loaders' collate: pad the images, and given `features` (the frozen backbone's `run`, from the
+    run setup) also run it on them in the workers (data/collate.py: BackboneCollate)."""
+    return collate_fn if features is None else BackboneCollate(features)
 
 
 def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool,
-                 model: Optional[nn.Module] = None) -> DataLoader:
-    """Shuffled batches for one epoch (`model`: only read with `backbone_in_loader`)."""
+                 features: Optional[Callable[[Tensor, Tensor], Any]] = None) -> DataLoader:
+    """Shuffled batches for one epoch; `features`: see batch_collate."""
     sampler = train_sampler(dataset, cfg, epoch, distributed)
     if cfg.aspect_ratio_grouping:
         batches = GroupedBatchSampler(sampler, aspect_ratios(dataset), cfg.batch_size)
@@ -55,12 +46,13 @@ def train_loader(dataset, cfg: TrainConfig, epoch: int, distributed: bool,
         batches = BatchSampler(sampler, cfg.batch_size, drop_last=True)
     # The loader's generator seeds the workers' augmentation RNGs: also a function of (seed, epoch, rank).
     generator = torch.Generator().manual_seed(cfg.seed + epoch + 1_000_003 * get_rank())
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=batch_collate(cfg, model),
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=batch_collate(features),
                       num_workers=cfg.num_workers, generator=generator)
 
 
-def val_loader(dataset, cfg: TrainConfig, distributed: bool, model: Optional[nn.Module] = None) -> DataLoader:
+def val_loader(dataset, cfg: TrainConfig, distributed: bool,
+               features: Optional[Callable[[Tensor, Tensor], Any]] = None) -> DataLoader:
     sampler = DistributedSampler(dataset, shuffle=False) if distributed else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=False,
-                      collate_fn=batch_collate(cfg, model), num_workers=cfg.num_workers,
+                      collate_fn=batch_collate(features), num_workers=cfg.num_workers,
                       generator=torch.Generator().manual_seed(cfg.seed))

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from detr_full.denoising import denoising_attention_mask
 from detr_full.exercises.checking import call, failure, shape_problem, verdict
+from detr_full.successors.denoising import denoising_attention_mask
 
 _MASK_CASES = [(2, 3, 4), (1, 2, 3), (3, 1, 5), (0, 2, 3)]   # (num_groups, group_size, num_queries)
 
@@ -24,7 +24,7 @@ def _matching_first(num_groups: int, group_size: int, num_queries: int) -> Tenso
 def check_denoising_mask(fn: Callable[[int, int, int], Any]) -> bool:
     """fn(num_groups, group_size, num_queries) -> (N + Q, N + Q) bool with N = num_groups * group_size,
     the denoising queries first: True where query i may attend to query j. Compared with
-    `detr_full.denoising.denoising_attention_mask`. Prints OK or a hint."""
+    `detr_full.successors.denoising.denoising_attention_mask`. Prints OK or a hint."""
     for groups, size, queries in _MASK_CASES:
         expected = denoising_attention_mask(groups, size, queries)
         n = groups * size

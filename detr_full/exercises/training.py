@@ -24,12 +24,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
+from detr_full.build import loss_weights
 from detr_full.checkpoint import load_model_weights
 from detr_full.config import DETRConfig
 from detr_full.criterion import SetCriterion
-from detr_full.detr import loss_weights
-from detr_full.matcher import HungarianMatcher
 from detr_full.exercises.checking import call, failure, mistake, verdict
+from detr_full.matcher import HungarianMatcher
 
 
 def _number(x: Any) -> Optional[float]:
@@ -46,11 +46,11 @@ def _number(x: Any) -> Optional[float]:
 def check_loss_weights(fn: Callable[[int, float, float, bool], dict]) -> bool:
     """fn(dec_layers, bbox_loss_coef, giou_loss_coef, aux_loss) -> {loss name: weight}.
 
-    Compared with `detr_full.detr.loss_weights(DETRConfig(...))`: `loss_ce` 1, `loss_bbox` and
+    Compared with `detr_full.build.loss_weights(DETRConfig(...))`: `loss_ce` 1, `loss_bbox` and
     `loss_giou` their coefficients, and with aux_loss one `_i` copy of each for the readouts of
     decoder layers i = 0 .. dec_layers - 2 (the last layer's readout has no suffix).
     """
-    name = "the weight_dict with its auxiliary `_i` copies matches detr_full.detr.loss_weights"
+    name = "the weight_dict with its auxiliary `_i` copies matches detr_full.build.loss_weights"
     final_terms = ("loss_ce", "loss_bbox", "loss_giou")
     aux_key = re.compile(r"^loss_(ce|bbox|giou)_(\d+)$")
     for dec_layers, bbox, giou, aux in [(6, 5.0, 2.0, True), (3, 5.0, 2.0, True), (2, 1.5, 4.0, True),

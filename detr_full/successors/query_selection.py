@@ -37,7 +37,9 @@ from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
 from detr_full.box_ops import box_cxcywh_to_xyxy
-from detr_full.spatial_prior import inverse_sigmoid, token_centres, valid_cells
+from detr_full.classification import ClassificationRule
+from detr_full.successors.reference_boxes import inverse_sigmoid
+from detr_full.successors.spatial_prior import token_centres, valid_cells
 
 
 ANCHOR_CELLS = 2.0  # a token's anchor box is this many cells wide and high, centred on the token
@@ -61,22 +63,22 @@ def token_anchors(mask: Tensor) -> Tensor:
 class QuerySelection(nn.Module):
     """Per-token class and box heads on the encoder's memory, and the top-Q selection."""
 
-    def __init__(self, d_model: int, num_logits: int, num_queries: int, bbox_embed: nn.Module, focal: bool = False,
-                 nms_iou: float = 0.0):
-        """num_logits: K, as the decoder's class head; bbox_embed: a box head (D -> 4) of its own;
-        focal: the logits are the focal loss's sigmoids (focal.py), not a softmax with "no object";
-        nms_iou > 0: a proposal overlapping a better one by more IoU than this is taken only if fewer than
-        Q proposals are left."""
+    def __init__(self, d_model: int, classification: ClassificationRule, num_classes: int, num_queries: int,
+                 bbox_embed: nn.Module, nms_iou: float = 0.0):
+        """classification: the decoder's rule (classification.py), so the proposals are scored and
+        trained as its detections are; bbox_embed: a box head (D -> 4) of its own; nms_iou > 0: a
+        proposal overlapping a better one by more IoU than this is taken only if fewer than Q
+        proposals are left."""
         super().__init__()
-        self.num_queries, self.focal, self.nms_iou = num_queries, focal, nms_iou
+        self.num_queries, self.classification, self.nms_iou = num_queries, classification, nms_iou
         self.norm = nn.LayerNorm(d_model)
-        self.class_embed = nn.Linear(d_model, num_logits)
+        self.class_embed = nn.Linear(d_model, classification.num_logits(num_classes))   # K, as the decoder's
+        classification.init_head(self.class_embed)
         self.bbox_embed = bbox_embed
 
     def object_probability(self, logits: Tensor) -> Tensor:
-        """(..., K) -> (...): the highest probability of a real class (as PostProcess scores a detection)."""
-        probs = logits.sigmoid() if self.focal else logits.softmax(-1)[..., :-1]
-        return probs.max(-1).values
+        """(..., K) -> (...): a proposal's score as PostProcess scores a detection."""
+        return self.classification.scores(logits)[0]
 
     def forward(self, memory: Tensor, mask: Tensor) -> Proposals:
         """memory (B, L, D), the encoder's output; mask (B, h, w) True on padding, L = h * w."""

@@ -11,9 +11,9 @@ embedding of the box (the encoding of notebook 03, applied to each coordinate) t
 MLP. The anchor is refined by every decoder layer, and the next layer's positional query is made
 from the refined box, so "where the query looks" and "what box it predicts" are one and the same.
 
-Our version builds on `spatial_prior` (spatial_prior.py), which already owns a learned anchor box
-per query, refines it layer by layer and biases the cross-attention towards it (the role of
-DAB-DETR's width-and-height modulated attention). With `DETRConfig.anchor_queries`:
+Our version builds on the reference boxes (reference_boxes.py: a box per query, refined layer by
+layer) and the spatial prior (spatial_prior.py: the cross-attention biased towards the box, the role
+of DAB-DETR's width-and-height modulated attention). With `DETRConfig.anchor_queries`:
 - every decoder layer's positional query is `AnchorQueries(box)`, made from that layer's
   reference box (denoising queries too: their noised box is their anchor);
 - `query_embed` becomes the queries' learned content, the decoder's input instead of zeros.
@@ -29,12 +29,12 @@ from torch import Tensor, nn
 
 
 def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
-    """boxes (..., 4) in [0, 1] -> (..., dim): dim/4 sine and cosine features per coordinate, the
-    encoding of notebook 03 applied to cx, cy, w and h."""
-    n = dim // 4                                                               # features per coordinate
+    """boxes (..., k) in [0, 1] (a box's k = 4 coordinates cx, cy, w, h, or a point's 2) -> (..., dim):
+    dim/k sine and cosine features per coordinate, the encoding of notebook 03 applied to each."""
+    n = dim // boxes.shape[-1]                                                 # features per coordinate
     freqs = temperature ** (2 * torch.arange(n // 2, device=boxes.device) / n)  # (n/2,)
-    x = boxes[..., None] * 2 * math.pi / freqs                                 # (..., 4, n/2)
-    return torch.cat([x.sin(), x.cos()], -1).flatten(-2)                       # (..., 4 * n)
+    x = boxes[..., None] * 2 * math.pi / freqs                                 # (..., k, n/2)
+    return torch.cat([x.sin(), x.cos()], -1).flatten(-2)                       # (..., k * n)
 
 
 class AnchorQueries(nn.Module):

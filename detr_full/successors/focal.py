@@ -11,7 +11,9 @@ object when one of its class probabilities is high. The focal loss scales each t
 (1 - p_t)^gamma, so the many easy negatives fade as soon as they are learned, and weights
 positives by alpha and negatives by 1 - alpha.
 
-What changes with `DETRConfig.focal_loss` (off = the official DETR):
+`SigmoidFocal` is a classification rule (detr_full/classification.py): the class head, the
+matcher, the criterion and PostProcess are given it instead of DETR's softmax. What changes with
+`DETRConfig.focal_loss` (off = the official DETR):
 - the class head has `num_classes` outputs, not num_classes + 1, and its bias starts at
   -log((1 - 0.01) / 0.01): every class probability is 0.01 at step 0 (Lin et al. section 4.1);
 - `loss_ce` is the sigmoid focal loss over every query and class (a query matched to nothing
@@ -21,13 +23,14 @@ What changes with `DETRConfig.focal_loss` (off = the official DETR):
 - post-processing scores a query by its highest class probability (the output format, one
   detection per query, is unchanged);
 - `cardinality_error` counts a query as an object when its highest probability exceeds 0.5.
-Deformable DETR weights the class loss and cost by 2 (`cls_loss_coef`, `set_cost_class`); pass
-`--set_cost_class 2` to match its cost, the loss weight is ours to choose in `detr.loss_weights`.
+Deformable DETR weights the class loss and cost by 2 (`cls_loss_coef`, `set_cost_class`): the loss
+weight is the rule's `loss_weight`; pass `--set_cost_class 2` to match its cost too.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -36,18 +39,26 @@ from torch import Tensor, nn
 PRIOR_PROBABILITY = 0.01
 
 
-def init_class_bias(class_embed: nn.Linear) -> None:
-    """Every class probability starts at PRIOR_PROBABILITY (the sigmoid of the bias)."""
-    nn.init.constant_(class_embed.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
-
-
 class SigmoidFocal:
-    """The focal classification terms, for logits (..., C) with C = num_classes (no "no object")."""
+    """Sigmoid focal classification, for logits (..., C) with C = num_classes (no "no object")."""
+
+    loss_weight = 2.0  # Deformable DETR's cls_loss_coef
 
     def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 2.0):
         self.num_classes, self.alpha, self.gamma = num_classes, alpha, gamma
 
-    def loss(self, logits: Tensor, target_classes: Tensor, num_boxes: float | Tensor) -> Tensor:
+    def num_logits(self, num_classes: int) -> int:
+        return num_classes                                     # no "no object" logit
+
+    def init_head(self, head: nn.Linear) -> None:
+        """Every class probability starts at PRIOR_PROBABILITY (the sigmoid of the bias)."""
+        nn.init.constant_(head.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+
+    def class_weights(self, num_classes: int) -> None:
+        return None                                            # alpha weighs positives against negatives
+
+    def loss(self, logits: Tensor, target_classes: Tensor, num_boxes: float | Tensor,
+             class_weights: Optional[Tensor] = None) -> Tensor:
         """logits (B, Q, C); target_classes (B, Q), num_classes where a query is matched to nothing.
         -> the focal loss summed over queries and classes, divided by num_boxes."""
         onehot = F.one_hot(target_classes, self.num_classes + 1)[..., :-1].to(logits.dtype)  # (B, Q, C)
@@ -66,12 +77,10 @@ class SigmoidFocal:
         index = target_ids[:, None, :].expand(-1, logits.shape[1], -1)               # (B, Q, T)
         return (positive - negative).gather(2, index)
 
-    @staticmethod
-    def scores(logits: Tensor) -> tuple[Tensor, Tensor]:
+    def scores(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """logits (B, Q, C) -> (scores, labels), each (B, Q): a query's most probable class."""
         return logits.sigmoid().max(-1)
 
-    @classmethod
-    def is_object(cls, logits: Tensor) -> Tensor:
+    def is_object(self, logits: Tensor) -> Tensor:
         """(B, Q) bool: the query's most probable class is more likely than not."""
-        return cls.scores(logits)[0] > 0.5
+        return self.scores(logits)[0] > 0.5

@@ -11,18 +11,17 @@ outputs and its cost are plain DETR's.
 Used through `DETRConfig.num_query_groups` (1 = off, the official DETR). What it changes:
 - `query_embed` holds K * Q rows (its state-dict shape says so); `DETR.forward` uses all of them
   in training mode, with `group_attention_mask`, and the first Q in eval mode;
-- `GroupSetCriterion` splits training outputs into K groups, computes the Hungarian loss of each
-  and averages them (the paper sums; the mean keeps logged losses comparable with plain DETR,
-  and with gradient clipping and AdamW the update barely depends on the scale). `class_error`
-  and `cardinality_error` are those of the first group, the one used at inference.
+- the criterion (successors/criterion.py) splits training outputs into K groups (`split_groups`),
+  computes the Hungarian loss of each and averages them (`average_groups`; the paper sums; the
+  mean keeps logged losses comparable with plain DETR, and with gradient clipping and AdamW the
+  update barely depends on the scale). `class_error` and `cardinality_error` are those of the
+  first group, the one used at inference.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from detr_full.criterion import SetCriterion
 
 
 def group_attention_mask(num_groups: int, num_queries: int, device: torch.device | str = "cpu") -> Tensor:
@@ -54,24 +53,10 @@ def split_groups(outputs: dict, num_queries: int) -> list[dict]:
     return groups
 
 
-class GroupSetCriterion(SetCriterion):
-    """SetCriterion over query groups: each group of `num_queries` is matched on its own; the loss
-    terms are averaged over the groups, the logged error rates are the first group's. On outputs
-    with `num_queries` queries (eval mode) it is exactly SetCriterion."""
-
-    NOT_AVERAGED = ("class_error", "cardinality_error")
-
-    def __init__(self, *args, num_queries: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.num_queries = num_queries
-
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        groups = split_groups(outputs, self.num_queries)
-        if len(groups) == 1:
-            return super().forward(outputs, targets)
-        per_group = [SetCriterion.forward(self, g, targets) for g in groups]
-        losses = dict(per_group[0])
-        for k in losses:
-            if not k.startswith(self.NOT_AVERAGED):
-                losses[k] = torch.stack([g[k] for g in per_group]).mean()
-        return losses
+def average_groups(per_group: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The loss terms of K groups -> their mean; the logged error rates are the first group's."""
+    losses = dict(per_group[0])
+    for k in losses:
+        if not k.startswith(("class_error", "cardinality_error")):
+            losses[k] = torch.stack([g[k] for g in per_group]).mean()
+    return losses

@@ -9,7 +9,7 @@ sometimes flipped. Their targets need no matching (the true box and label), so t
 from step 0 to turn a rough box near an object into the object's box: exactly what a matched
 query has to do, with a target that never moves.
 
-Our version, on top of `spatial_prior` (its reference boxes play DN-DETR's anchor boxes):
+Our version, on top of the reference boxes (reference_boxes.py; they play DN-DETR's anchor boxes):
 - `dn_groups` copies of the batch's objects, each with its own noise: the centre moves by up to
   `dn_box_noise` times half the width / height, width and height are scaled by 1 +- dn_box_noise,
   and the label is replaced by a random class with probability `dn_label_noise`. Every image gets
@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_full.anchor_queries import AnchorQueries
-from detr_full.criterion import SetCriterion, box_losses
+from detr_full.classification import ClassificationRule
+from detr_full.criterion import box_losses
+from detr_full.successors.anchor_queries import AnchorQueries
 
 DN_TERMS = ("loss_dn_ce", "loss_dn_bbox", "loss_dn_giou")
 
@@ -126,27 +126,22 @@ def denoising_weights(weights: dict[str, float], dec_layers: int, aux_loss: bool
     return extra
 
 
-class DenoisingCriterion(SetCriterion):
-    """SetCriterion plus the denoising terms when the outputs carry `dn_outputs` (training with
-    denoising queries); on any other outputs it is exactly SetCriterion."""
-
-    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        losses = super().forward(outputs, targets)
-        dn = outputs.get("dn_outputs")
-        if dn is not None:
-            valid = dn["valid"]                                                  # (B, N)
-            count = valid.sum().clamp(min=1)
-            labels, boxes = dn["labels"][valid], dn["boxes"][valid]              # (M,), (M, 4)
-            layers = len(dn["pred_logits"])
-            for layer, (logits, pred_boxes) in enumerate(zip(dn["pred_logits"], dn["pred_boxes"])):
-                if not len(labels):
-                    dn_ce = logits.sum() * 0
-                elif self.focal is None:
-                    dn_ce = F.cross_entropy(logits[valid], labels)
-                else:   # the focal loss per target box, as the matched term (focal.py)
-                    dn_ce = self.focal.loss(logits[valid][None], labels[None], count)
-                terms = {"loss_dn_ce": dn_ce}
-                terms["loss_dn_bbox"], terms["loss_dn_giou"] = box_losses(pred_boxes[valid], boxes, count)
-                suffix = "" if layer == layers - 1 else f"_{layer}"
-                losses.update({f"{k}{suffix}": v for k, v in terms.items() if f"{k}{suffix}" in self.weight_dict})
-        return losses
+def denoising_losses(dn: dict, classification: ClassificationRule, weight_dict: dict[str, float]) -> dict[str, Tensor]:
+    """The denoising terms of a model's `dn_outputs` (every layer's pred_logits (layers, B, N, K) and
+    pred_boxes (layers, B, N, 4), the true `labels` (B, N) and `boxes` (B, N, 4), `valid` (B, N)):
+    the class loss to the true label and L1 + GIoU to the true box, averaged over the real slots,
+    `_i` for the earlier layers (those `weight_dict` weighs)."""
+    valid = dn["valid"]                                                          # (B, N)
+    count = valid.sum().clamp(min=1)
+    labels, boxes = dn["labels"][valid], dn["boxes"][valid]                      # (M,), (M, 4)
+    layers = len(dn["pred_logits"])
+    losses = {}
+    for layer, (logits, pred_boxes) in enumerate(zip(dn["pred_logits"], dn["pred_boxes"])):
+        # no slot's target is "no object": the rule's loss, unweighted, over the real slots
+        dn_ce = classification.loss(logits[valid][None], labels[None], count, None) if len(labels) \
+            else logits.sum() * 0
+        terms = {"loss_dn_ce": dn_ce}
+        terms["loss_dn_bbox"], terms["loss_dn_giou"] = box_losses(pred_boxes[valid], boxes, count)
+        suffix = "" if layer == layers - 1 else f"_{layer}"
+        losses.update({f"{k}{suffix}": v for k, v in terms.items() if f"{k}{suffix}" in weight_dict})
+    return losses

@@ -10,12 +10,12 @@ successors (Conditional DETR, DAB-DETR) get the same locality through positional
 
 Our version, a simple form of the idea: each query owns a learned reference box (cx, cy, w, h),
 initialised on a grid over the image, and
-- the first decoder layer's cross-attention logits get log G = -((x - cx)^2 / (w/2)^2 +
+- every decoder layer's cross-attention logits get log G = -((x - cx)^2 / (w/2)^2 +
   (y - cy)^2 / (h/2)^2) / 2 for the token at (x, y) (its centre, normalised to the image's valid,
-  unpadded region), the same for every head;
-- each layer predicts its box relative to its reference: box = sigmoid(bbox_embed(hs) + logit(ref)),
-  and that box (detached) is the next layer's reference: the prior is refined layer by layer, as
-  DAB-DETR refines its anchor boxes.
+  unpadded region), the same for every head, around that layer's reference box;
+- each layer predicts its box relative to its reference, and that box is the next layer's
+  reference (reference_boxes.py): the prior is refined layer by layer, as DAB-DETR refines its
+  anchor boxes.
 SMCA predicts the centre and scale from each query's content and per head; here layer 0's are
 per-query parameters, a learned "where to look first".
 Used through `DETRConfig.spatial_prior` (off = the official DETR); the reference boxes add one
@@ -26,20 +26,14 @@ boxes come from the encoder instead, per image (query_selection.py), and there i
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from detr_full.transformer import Refine
-
+from detr_full.successors.reference_boxes import AttentionPrior, inverse_sigmoid
 
 MIN_SIZE = 0.02  # the Gaussian never narrows below ~1/50 of the image (a predicted box can shrink to 0)
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    x = x.clamp(eps, 1 - eps)
-    return torch.log(x / (1 - x))
 
 
 def grid_boxes(num_queries: int, size: float = 0.3) -> Tensor:
@@ -68,7 +62,7 @@ def token_centres(mask: Tensor) -> Tensor:
 
 
 class SpatialPrior(nn.Module):
-    """Learned reference boxes (Q, 4) and the Gaussian cross-attention bias they give."""
+    """Learned reference boxes (Q, 4) and the Gaussian cross-attention bias around a layer's boxes."""
 
     def __init__(self, num_queries: int, learned: bool = True):
         """learned=False: no learned boxes; every forward pass brings its own (query_selection.py)."""
@@ -100,51 +94,11 @@ class SpatialPrior(nn.Module):
         z = (xy[:, None, :, :] - centre) / half_size                             # (B, Q, L, 2)
         return -0.5 * (z ** 2).sum(-1)                                           # (B, Q, L)
 
-    def decoding(self, bbox_embed: nn.Module, num_queries: int, mask: Tensor,
-                 leading: Optional[Tensor] = None,
-                 position: Optional[Callable[[Tensor], Tensor]] = None,
-                 initial: Optional[Tensor] = None, fine_mask: Optional[Tensor] = None) -> "RefinedPrior":
-        """The prior for one forward pass of `num_queries` queries over padding `mask` (B, h, w);
-        `leading` (B, N, 4): the reference boxes of N more queries decoded before them (denoising);
-        `position`: makes every layer's query positions from its reference boxes (anchor queries);
-        `initial` (B, Q, 4): this pass's first reference boxes instead of the learned ones;
-        `fine_mask` (B, h2, w2): the refined layers also attend to a finer level (fine_memory.py)."""
-        reference = self.boxes(num_queries).expand(len(mask), -1, -1) if initial is None else initial  # (B, Q, 4)
-        if leading is not None:
-            reference = torch.cat([leading, reference], 1)                       # (B, N + Q, 4)
-        return RefinedPrior(reference, bbox_embed, mask, position, fine_mask)
-
-
-class RefinedPrior:
-    """One forward pass's reference boxes, refined layer by layer: layer 0 looks around the learned
-    boxes, layer l + 1 around the boxes layer l predicts (detached, as DAB-DETR and Deformable
-    DETR's iterative refinement do, so each layer's box loss trains that layer's offsets only)."""
-
-    def __init__(self, reference: Tensor, bbox_embed: nn.Module, mask: Tensor,
-                 position: Optional[Callable[[Tensor], Tensor]] = None,
-                 fine_mask: Optional[Tensor] = None):                            # reference (B, Q, 4)
-        self.bbox_embed, self.mask, self.position, self.fine_mask = bbox_embed, mask, position, fine_mask
-        self.references = [reference]                                            # [(B, Q, 4)] per layer
-
-    def query_position(self) -> Optional[Tensor]:
-        """(B, Q, D): the first layer's query positions, made from the references (None without `position`)."""
-        return None if self.position is None else self.position(self.references[0])
-
-    def hooks(self) -> tuple[Tensor, Refine]:
-        """(memory_bias, refine) for `Transformer.forward`."""
-        return SpatialPrior.attention_bias(self.references[0], self.mask), self._refine
-
-    def _refine(self, layer_output: Tensor) -> tuple[Tensor, Optional[Tensor]]:
-        """layer_output (B, Q, D), normalised -> the next layer's bias around this layer's boxes,
-        and its query positions made from them (None without `position`)."""
-        boxes = (self.bbox_embed(layer_output) + inverse_sigmoid(self.references[-1])).sigmoid()
-        self.references.append(boxes.detach())
-        position = None if self.position is None else self.position(self.references[-1])
-        bias = SpatialPrior.attention_bias(self.references[-1], self.mask)      # (B, Q, L)
-        if self.fine_mask is not None:                                           # (B, Q, L + L2)
-            bias = torch.cat([bias, SpatialPrior.attention_bias(self.references[-1], self.fine_mask)], -1)
-        return bias, position
-
-    def stacked_references(self) -> Tensor:
-        """(layers, B, Q, 4): the reference each decoder layer predicted its boxes from."""
-        return torch.stack(self.references)
+    @staticmethod
+    def prior(grids: Sequence[Sequence[Tensor]]) -> AttentionPrior:
+        """The Gaussian bias as an attention prior (reference_boxes.py): `grids[layer]` are the padding
+        masks (B, h, w) of the token grids that decoder layer reads, in the order of its memory."""
+        def bias(layer: int, boxes: Tensor, previous: Optional[Tensor]) -> Tensor:
+            parts = [SpatialPrior.attention_bias(boxes, grid) for grid in grids[layer]]   # (B, Q, L_i) each
+            return parts[0] if len(parts) == 1 else torch.cat(parts, -1)              # (B, Q, sum L_i)
+        return bias

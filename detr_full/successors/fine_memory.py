@@ -3,9 +3,8 @@
 What limits DETR's boxes on small objects: every encoder token covers a `backbone_stride`-pixel
 cell (16 px in the shapes recipe), so a 10-px object lies inside one token, and the box a query
 predicts from such tokens is coarse. With the spatial prior and query selection the first
-reference boxes already sit on the objects (measured on the second synthetic set: the decoder's
-boxes had the IoU of the proposals they started from, 0.53 against 0.52; benchmarks/README.md),
-so what a refinement layer lacks is finer evidence, not a better place to look. Deformable DETR
+reference boxes already sit on the objects, so what a refinement layer lacks is finer evidence,
+not a better place to look (measured layer by layer: benchmarks/refinement_by_layer.py). Deformable DETR
 (Zhu et al. 2021, arXiv 2010.04159, section 4.1) gives its decoder every ResNet stage from stride 8
 up, sampled around each reference box.
 
@@ -18,31 +17,20 @@ Our version, a plain-attention form of that idea for one more level:
   join the memory of the decoder layers after the first, whose cross-attention the spatial prior
   centres on the box the layer before predicted (the Gaussian bias covers both levels);
 - the first decoder layer reads the encoded memory only, as without the option.
-Measured (benchmarks/README.md): on the second synthetic set the second decoder layer now raises the
-boxes' IoU with their objects from 0.49 to 0.61, and `make train`'s recipe reaches AP50 0.60
-there instead of 0.39; on data/shapes, whose objects are larger, it changes little (0.826 against
-0.841, one run each). Keeping the fine tokens out of the first layer, and at the full weight of the
-Gaussian bias, measured better than either alternative.
+What it changes, and the alternatives measured (fine tokens in every layer, a lower weight of
+the Gaussian over them): benchmarks/README.md, "Fine memory".
 Used through `DETRConfig.fine_memory` (at least two decoder layers; off = the official DETR). It
 adds `fine_memory.*` parameters to the state dict.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detr_full.position_encoding import PositionEmbeddingSine
-
-
-class FineTokens(NamedTuple):
-    """The fine level as decoder memory: what `Transformer.decode` appends to the encoder's output."""
-    memory: Tensor  # (B, L2, D)
-    mask: Tensor    # (B, L2), True on padding
-    pos: Tensor     # (B, L2, D)
+from detr_full.transformer import Memory
 
 
 class FineMemory(nn.Module):
@@ -53,11 +41,20 @@ class FineMemory(nn.Module):
         self.level_embed = nn.Parameter(torch.zeros(d_model))          # tells the two levels apart
         self.position = PositionEmbeddingSine(d_model // 2, normalize=True)
 
-    def forward(self, fine: Tensor, mask: Tensor) -> FineTokens:
-        """fine (B, C', 2h, 2w) the backbone's earlier stage; mask (B, 2h, 2w) True on padding."""
-        memory = self.input_proj(fine).flatten(2).transpose(1, 2)          # (B, L2, D)
-        pos = self.position(mask).to(memory.dtype).flatten(2).transpose(1, 2) + self.level_embed  # (B, L2, D)
-        return FineTokens(memory, mask.flatten(1), pos)
+    def forward(self, fine: Tensor, mask: Tensor) -> Memory:
+        """fine (B, C', 2h, 2w) the backbone's earlier stage; mask (B, 2h, 2w) True on padding
+        -> its (B, L2, .) tokens as a memory level."""
+        tokens = self.input_proj(fine).flatten(2).transpose(1, 2)          # (B, L2, D)
+        pos = self.position(mask).to(tokens.dtype).flatten(2).transpose(1, 2) + self.level_embed  # (B, L2, D)
+        return Memory(tokens, pos, mask.flatten(1))
+
+
+def layer_levels(memory: Memory, grid: Tensor, fine: Memory, fine_grid: Tensor, num_layers: int
+                 ) -> tuple[list[list[Memory]], list[list[Tensor]]]:
+    """The encoder's memory (over `grid`, its (B, h, w) padding mask) and the fine level (over
+    `fine_grid`, (B, 2h, 2w)) -> what each decoder layer reads: the first the memory alone, the others
+    both levels; and the padding masks of the grids each layer's tokens lie on (for the spatial prior)."""
+    return [[memory]] + [[memory, fine]] * (num_layers - 1), [[grid]] + [[grid, fine_grid]] * (num_layers - 1)
 
 
 def on_coarse_cells(values: Tensor, coarse_hw: tuple[int, int], fine_hw: tuple[int, int]) -> Tensor:

@@ -1,0 +1,59 @@
+"""course.py: the detector the notebooks start from, and the comparison recipe."""
+
+import pytest
+import torch
+
+from detr_full.build import build_detr
+from detr_full.checkpoint import save_checkpoint
+from detr_full.config import model_config
+from detr_full.course import (COMPARISON_RECIPE, COURSE_CHECKPOINTS, SUCCESSOR_FIXES, comparison_recipe,
+                              course_detector, find_course_checkpoint, train_briefly)
+
+
+def test_course_checkpoint_prefers_make_train_over_notebook_08(tmp_path):
+    assert find_course_checkpoint(tmp_path) is None                          # nothing trained yet
+    notebook_08, make_train = (tmp_path / p for p in reversed(COURSE_CHECKPOINTS))
+    save_checkpoint({"model": {}}, notebook_08)
+    assert find_course_checkpoint(tmp_path) == notebook_08
+    save_checkpoint({"model": {}}, make_train)
+    assert find_course_checkpoint(tmp_path) == make_train
+    make_train.unlink()
+    make_train.mkdir()                                                       # a folder by that name is no checkpoint
+    assert find_course_checkpoint(tmp_path) == notebook_08
+
+
+def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, monkeypatch):
+    import detr_full.course as course
+
+    trained = []
+    monkeypatch.setattr(course, "train_briefly", lambda argv: trained.append(argv))
+    out = tmp_path / "nb"
+    assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
+    assert trained == [["--recipe", "shapes_cpu", "--epochs", "3", "--lr_drop", "2", "--device", "cpu",
+                        "--seed", "3", "--output_dir", str(out)]]
+    for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
+        (tmp_path / path).parent.mkdir(parents=True)
+        (tmp_path / path).write_bytes(b"")
+        assert course_detector("auto", tmp_path, out) == tmp_path / path                     # make train's first
+    assert course_detector("my.pth", tmp_path, out) == "my.pth" and len(trained) == 1
+
+
+def test_train_briefly_runs_the_cli_and_reports_its_failure():
+    with pytest.raises(RuntimeError, match="--masks .* not supported"):
+        train_briefly(["--masks", "--epochs", "1"])
+
+
+def test_comparison_recipe_is_the_recipe_with_the_comparison_overrides_and_options(tmp_path):
+    cfg = comparison_recipe(tmp_path / "backbone.pth", tmp_path / "data", seed=3, warmup_steps=7, device="cpu",
+                            dn_groups=5)
+    assert cfg.pretrained_backbone == str(tmp_path / "backbone.pth") and cfg.coco_path == str(tmp_path / "data")
+    assert (cfg.seed, cfg.warmup_steps, cfg.num_workers, cfg.dn_groups) == (3, 7, 0, 5)
+    assert all(getattr(cfg, k) == v for k, v in COMPARISON_RECIPE.items())
+    assert cfg.spatial_prior and cfg.backbone == "resnet18"              # the rest is the shapes recipe
+
+
+def test_every_named_run_builds():
+    for name, options in SUCCESSOR_FIXES.items():
+        cfg = comparison_recipe("", "data", **options)
+        model = build_detr(model_config(cfg))[0]
+        assert model.eval()(torch.zeros(1, 3, 64, 64))["pred_boxes"].shape == (1, 10, 4), name   # inference: 10
