@@ -1,6 +1,7 @@
 # make test       create .venv if missing, then run the tests and every notebook (nbval)
-# make train      the main job: notebook 09 run headless by papermill; COCO=/path/to/coco for COCO
-# make notebooks  re-execute every notebook in place (papermill), keeping their outputs
+# make train      the main job: notebook 11 run headless by papermill; COCO=/path/to/coco for COCO
+# make notebooks  re-execute every notebook in place, in course order (11 as make train: run make train first)
+# make notebook-results  the stored long runs the training notebooks draw (notebooks/results/, hours)
 # make bench      CPU speed of the core next to the official implementation
 PYTHON ?= python3
 VENV   := .venv
@@ -9,7 +10,7 @@ TORCH  := torch==2.14.1 torchvision==0.29.1
 NBVAL  := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: test test-notebooks train notebooks bench
+.PHONY: test test-notebooks train notebooks notebook-results bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,27 +23,44 @@ test: $(VENV)/.installed
 	$(MAKE) test-notebooks
 
 # Every notebook under nbval (check cells compared, the rest must run), then one papermill run of
-# 09 with overridden parameters, proving that injection works.
+# 11 with overridden parameters, proving that injection works.
 test-notebooks: $(VENV)/.installed
 	$(PY) -m pytest $(NBVAL) notebooks/
 	mkdir -p outputs
-	$(PY) -m papermill notebooks/09_full_coco_training.ipynb outputs/09_papermill_check.ipynb -k python3 \
-		--cwd notebooks -p epochs 1 -p batch_size 4 -p output_dir outputs/09_papermill_check
+	$(PY) -m papermill notebooks/11_full_training.ipynb outputs/11_papermill_check.ipynb -k python3 \
+		--cwd notebooks -p epochs 1 -p batch_size 4 -p output_dir outputs/11_papermill_check
 
 # DETR on the synthetic shapes set, backbone pretraining included, sized for 2 CPU cores (detr_full.
 # config.shapes_cpu_recipe; the same as `python -m detr_full.train --recipe shapes_cpu`), or the paper's
-# recipe on COCO. Writes outputs/09_full_coco_training.ipynb (executed) and the checkpoint, log and
+# recipe on COCO. Writes outputs/11_full_training.ipynb (executed) and the checkpoint, log and
 # plots under outputs/shapes (or outputs/coco); run again, it resumes an interrupted run.
 COCO ?=
 train: $(VENV)/.installed
 	mkdir -p outputs
-	$(PY) -m papermill notebooks/09_full_coco_training.ipynb outputs/09_full_coco_training.ipynb -k python3 \
+	$(PY) -m papermill notebooks/11_full_training.ipynb outputs/11_full_training.ipynb -k python3 \
 		--cwd notebooks --log-output \
 		-p resume auto $(if $(COCO),-p coco_path $(abspath $(COCO)),-p full_shapes True)
 
+# Every notebook in course order, in place; 11 as make train runs it (it resumes make train's run, so after
+# `make train` it only draws), and 12 and 13 then start from make train's checkpoint.
 notebooks: $(VENV)/.installed
-	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
-		../$(PY) -m papermill $$nb $$nb -k python3 --cwd . || exit 1; done
+	for nb in $(NOTEBOOKS); do \
+		$(PY) notebooks/execute.py $$nb \
+			$$(case $$nb in *11_full_training*) echo "-p full_shapes True -p resume auto";; esac) || exit 1; done
+
+# The long runs the training notebooks draw beside their short default runs (notebooks/results/README.md:
+# what each is, and its minutes on 2 CPU cores). Each writes notebooks/results/<name>.json.
+RESULTS_RUN := cd notebooks && ../$(PY) -m papermill --cwd . -k python3
+notebook-results: $(VENV)/.installed
+	$(RESULTS_RUN) 07_auxiliary_decoding_losses.ipynb /tmp/07.ipynb -p steps 400 -p save_as 07_aux_losses_400_steps
+	$(RESULTS_RUN) 08_training_detr_as_published.ipynb /tmp/08.ipynb -p epochs 12 -p steps_per_epoch 0 \
+		-p warmup_steps 100 -p lr_drop 9 -p save_as 08_published_3000_steps
+	for seed in 42 1; do $(RESULTS_RUN) 09_why_detr_trains_slowly.ipynb /tmp/09.ipynb -p steps 400 -p eval_every 50 \
+		-p val_images 200 -p warmup_steps 50 -p runs all -p seed $$seed -p save_as 09_why_slow_seed$$seed || exit 1; done
+	for seed in 42 1; do $(RESULTS_RUN) 10_learning_in_minutes.ipynb /tmp/10.ipynb -p steps 1000 -p eval_every 100 \
+		-p val_images 200 -p warmup_steps 100 -p seed $$seed -p save_as 10_learning_in_minutes_seed$$seed || exit 1; done
+	$(RESULTS_RUN) 15_paper_ablations_on_shapes.ipynb /tmp/15.ipynb -p steps 400 -p eval_every 100 \
+		-p val_images 200 -p warmup_steps 50 -p save_as 15_ablations_400_steps
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_core.py

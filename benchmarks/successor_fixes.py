@@ -1,8 +1,8 @@
 """Learning curves of DETR and each successor's fix on the shapes data (issue 8, notebook 12).
 
 Not a test: the measurement behind notebook 12's table and the README's. For every run of
-`detr_full.learning_curve.SUCCESSOR_FIXES` (or those named with --runs), trains the shapes CPU
-recipe with that run's options for --steps steps on one CPU thread, evaluates every --eval_every
+`detr_full.course.SUCCESSOR_FIXES` (or those named with --runs), trains the comparison recipe
+(`detr_full.course.comparison_recipe`) with that run's options for --steps steps on one CPU thread, evaluates every --eval_every
 steps, and appends one JSON line per run (name, seed, config, curve) to --results.
 
     python benchmarks/successor_fixes.py --seed 1 --steps 400 --eval_every 50 \\
@@ -20,8 +20,7 @@ import sys
 
 import torch
 
-from detr_full.config import shapes_cpu_recipe
-from detr_full.course import COMPARISON_RECIPE, SUCCESSOR_FIXES
+from detr_full.course import SUCCESSOR_FIXES, comparison_recipe
 from detr_full.data.shapes import ensure_shapes
 from detr_full.learning_curve import learning_curve
 from detr_full.pretrain import PretrainConfig, ensure_pretrained
@@ -45,9 +44,7 @@ def main(argv: list[str]) -> None:
     root = ensure_shapes()
     backbone = ensure_pretrained(root, PretrainConfig(steps=ns.pretrain_steps, seed=0), progress=False)
     for name in ns.runs:
-        cfg = shapes_cpu_recipe(**{**COMPARISON_RECIPE, **SUCCESSOR_FIXES[name]}, seed=ns.seed,
-                                warmup_steps=ns.warmup_steps, num_workers=0, pretrained_backbone=str(backbone),
-                                device="cpu")
+        cfg = comparison_recipe(backbone, root, ns.seed, ns.warmup_steps, "cpu", **SUCCESSOR_FIXES[name])
         print(f"== {name}", flush=True)
         curve = learning_curve(cfg, ns.steps, ns.eval_every, val_images=ns.val_images, progress=True)
         with open(ns.results, "a", encoding="utf-8") as f:

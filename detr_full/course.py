@@ -2,12 +2,18 @@
 
 - `course_detector`: the trained shapes detector the inference and fine-tuning notebooks start
   from (make train's checkpoint, else the training notebook's, else a short training now);
+- `published_recipe`: DETR as published (no successor option) at the size the shapes recipe has;
 - `comparison_recipe`: the configuration the side-by-side training comparisons use (the
-  successors' fixes, the paper's ablations), and the runs they compare (`SUCCESSOR_FIXES`).
+  successors' fixes, the paper's ablations), and the runs they compare (`SUCCESSOR_FIXES`);
+- `save_run` and `stored_run`: a training notebook's long run, stored as data in
+  notebooks/results/ with the command that made it, so that the notebook can draw it beside the
+  learner's own (short) default run.
 """
 
 from __future__ import annotations
 
+import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -17,8 +23,9 @@ from typing import Any, Optional, Union
 from detr_full.config import TrainConfig, shapes_cpu_recipe
 
 # The shapes detectors the course trains, best first (paths from the repository root): `make train`'s
-# and the training notebook's. The inference and fine-tuning notebooks start from the first that exists.
-COURSE_CHECKPOINTS = ("outputs/shapes/checkpoint.pth", "outputs/08_training_on_shapes/checkpoint.pth")
+# and the recipe notebook's (a short run). The inference and fine-tuning notebooks start from the first
+# that exists.
+COURSE_CHECKPOINTS = ("outputs/shapes/checkpoint.pth", "outputs/10_learning_in_minutes/checkpoint.pth")
 
 
 def find_course_checkpoint(repo: Union[str, Path]) -> Optional[Path]:
@@ -58,6 +65,13 @@ def train_briefly(argv: list[str]) -> None:
             raise RuntimeError(f"python -m detr_full.train {' '.join(argv)} failed:\n{errors.read()[-2000:]}")
 
 
+def published_recipe(**overrides: Any) -> TrainConfig:
+    """The shapes recipe's sizes with every successor option off: DETR as the paper publishes it (its
+    model, matcher and loss), at a size a CPU trains in minutes. `overrides` change any field."""
+    return shapes_cpu_recipe(**{**dict(spatial_prior=False, query_selection=False, selection_nms=0.0,
+                                       anchor_queries=False, fine_memory=False), **overrides})
+
+
 # make train's recipe as it was when the side-by-side comparisons were designed, as overrides of
 # today's: the backbone's layer2-3 trained, the decoder's first boxes learned (no query selection, no
 # anchor queries), one level of memory: each successor's fix is compared on the plainest model
@@ -88,3 +102,23 @@ def comparison_recipe(backbone: Union[str, Path], coco_path: Union[str, Path], s
     minutes are then this process's), the given seed, warm-up and device."""
     return shapes_cpu_recipe(**{**COMPARISON_RECIPE, **options}, seed=seed, warmup_steps=warmup_steps,
                              num_workers=0, device=device, pretrained_backbone=str(backbone), coco_path=str(coco_path))
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results"   # the stored long runs
+
+
+def save_run(name: str, notebook: str, parameters: dict[str, Any], results: Any) -> Path:
+    """Store a notebook run's `results` (JSON-able) as notebooks/results/<name>.json, with the
+    papermill command that makes them again: `notebook` run with `parameters` (every one of them)."""
+    args = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in parameters.items())
+    command = f"papermill notebooks/{notebook} /tmp/{name}.ipynb -k python3 --cwd notebooks {args}"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"command": command, "parameters": parameters, "results": results}, indent=1) + "\n")
+    return path
+
+
+def stored_run(name: str) -> Optional[dict]:
+    """A stored run ({"command", "parameters", "results"}; see save_run), or None when there is none."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -7,22 +7,22 @@ from detr_full.build import build_detr
 from detr_full.checkpoint import save_checkpoint
 from detr_full.config import model_config
 from detr_full.course import (COMPARISON_RECIPE, COURSE_CHECKPOINTS, SUCCESSOR_FIXES, comparison_recipe,
-                              course_detector, find_course_checkpoint, train_briefly)
+                              course_detector, find_course_checkpoint, published_recipe, train_briefly)
 
 
-def test_course_checkpoint_prefers_make_train_over_notebook_08(tmp_path):
+def test_course_checkpoint_prefers_make_train_over_the_recipe_notebooks(tmp_path):
     assert find_course_checkpoint(tmp_path) is None                          # nothing trained yet
-    notebook_08, make_train = (tmp_path / p for p in reversed(COURSE_CHECKPOINTS))
-    save_checkpoint({"model": {}}, notebook_08)
-    assert find_course_checkpoint(tmp_path) == notebook_08
+    notebook_10, make_train = (tmp_path / p for p in reversed(COURSE_CHECKPOINTS))
+    save_checkpoint({"model": {}}, notebook_10)
+    assert find_course_checkpoint(tmp_path) == notebook_10
     save_checkpoint({"model": {}}, make_train)
     assert find_course_checkpoint(tmp_path) == make_train
     make_train.unlink()
     make_train.mkdir()                                                       # a folder by that name is no checkpoint
-    assert find_course_checkpoint(tmp_path) == notebook_08
+    assert find_course_checkpoint(tmp_path) == notebook_10
 
 
-def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, monkeypatch):
+def test_course_detector_finds_make_trains_then_the_recipe_notebooks_then_trains_one(tmp_path, monkeypatch):
     import detr_full.course as course
 
     trained = []
@@ -31,7 +31,7 @@ def test_course_detector_finds_make_trains_then_08s_then_trains_one(tmp_path, mo
     assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
     assert trained == [["--recipe", "shapes_cpu", "--epochs", "3", "--lr_drop", "2", "--device", "cpu",
                         "--seed", "3", "--output_dir", str(out)]]
-    for path in ("outputs/08_training_on_shapes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
+    for path in ("outputs/10_learning_in_minutes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
         (tmp_path / path).parent.mkdir(parents=True)
         (tmp_path / path).write_bytes(b"")
         assert course_detector("auto", tmp_path, out) == tmp_path / path                     # make train's first
@@ -57,3 +57,10 @@ def test_every_named_run_builds():
         cfg = comparison_recipe("", "data", **options)
         model = build_detr(model_config(cfg))[0]
         assert model.eval()(torch.zeros(1, 3, 64, 64))["pred_boxes"].shape == (1, 10, 4), name   # inference: 10
+
+
+def test_published_recipe_is_detr_as_published_at_the_recipes_size():
+    cfg = published_recipe(num_classes=19, pretrained_backbone="", lr=1e-3)
+    model, criterion, _ = build_detr(model_config(cfg))
+    assert type(model).__name__ == "DETR" and type(criterion).__name__ == "SetCriterion"   # no successor option
+    assert (cfg.hidden_dim, cfg.num_queries, cfg.lr) == (128, 10, 1e-3)

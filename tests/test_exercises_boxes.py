@@ -106,8 +106,21 @@ def _in_place(boxes_xywh, size):                     # right values, but the cal
     return boxes_xywh
 
 
+def _midpoint_of_x_and_w(boxes_xywh, size):          # (x + w) / 2, as if w were the right edge
+    h, w = size
+    x, y, bw, bh = boxes_xywh.unbind(-1)
+    return torch.stack([(x + bw) / 2 / w, (y + bh) / 2 / h, bw / w, bh / h], dim=-1)
+
+
 def test_check_xywh_to_cxcywh_names_each_mistake(capsys):
+    assert check_xywh_to_cxcywh(lambda b, s: _xywh_to_cxcywh(b, s).double())      # float64 is compared, not a crash
+    assert capsys.readouterr().out.startswith("OK:")
     for wrong, words in ((_xyxy_normalised, "corners (xyxy)"), (_xywh_as_xyxy, "not corners"),
+                         (lambda b, s: _xywh_to_cxcywh(b, s)[:, [0, 1, 3, 2]], "width before the height"),
+                         (lambda b, s: _xywh_to_cxcywh(b, (s[1], s[1])), "not all four by W"),
+                         (lambda b, s: _xywh_to_cxcywh(b, s[::-1]), "swapped in the scale"),
+                         (_midpoint_of_x_and_w, "if w were the right edge"),
+                         (lambda b, s: _xywh_to_cxcywh(b, (1, 1)), "in pixels"),
                          (_size_in_pixels, "width and height are still in pixels"),
                          (_centre_in_pixels, "centre is still in pixels"),
                          (_in_place, "changed its input `boxes_xywh` in place")):
@@ -143,11 +156,14 @@ def test_check_size_class_names_each_mistake(capsys):
             return "medium"
         return "large"
 
+    by_64 = lambda a: "small" if a["area"] < 32 ** 2 else "medium" if a["area"] < 64 ** 2 else "large"  # noqa: E731
     for wrong, words in ((side, "'area'"), (sqrt_vs_area, "32 ** 2 = 1024"), (capital, "lowercase"),
-                         (large_never_reached, "test the larger threshold first")):
+                         (large_never_reached, "test the larger threshold first"), (by_64, "large: area >= 96^2")):
         assert not check_size_class(wrong)
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, out
     assert check_size_class(lambda a: "small" if a["area"] <= 32 ** 2 else "medium" if a["area"] <= 96 ** 2
                             else "large")     # ties are not tested: COCOeval counts them in both classes
-    assert capsys.readouterr().out.startswith("OK:")
+    assert check_size_class(lambda a: "small" if a["area"] ** 0.5 < 32 else "medium" if a["area"] ** 0.5 < 96
+                            else "large")     # comparing sides instead of areas is the same test
+    assert capsys.readouterr().out.count("OK:") == 2

@@ -94,6 +94,7 @@ def giou_with(boxes1, boxes2, mistake):
         wh = wh.clamp(min=0)
         inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - (0 if mistake == "union without - inter" else inter)
+    outside = inter if mistake == "C - intersection" else union
     if mistake == "enclosing like intersection":
         enclosing_wh = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.max(boxes1[:, None, :2],
                                                                                        boxes2[None, :, :2])
@@ -101,7 +102,7 @@ def giou_with(boxes1, boxes2, mistake):
         enclosing_wh = torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:]) - torch.min(boxes1[:, None, :2],
                                                                                        boxes2[None, :, :2])
     enclosing = enclosing_wh[..., 0] * enclosing_wh[..., 1]
-    penalty = (enclosing - union) / (union if mistake == "divide by union" else enclosing)
+    penalty = (enclosing - outside) / (union if mistake == "divide by union" else enclosing)
     return inter / union + penalty if mistake == "add the penalty" else inter / union - penalty
 
 
@@ -119,10 +120,13 @@ def giou_of_pairs(boxes1, boxes2):                     # boxes1[i] with boxes2[i
 def test_giou_checker_names_each_mistake(capsys):
     for wrong, words in (("clamp the product", "before multiplying"), ("union without - inter", "overlap once"),
                          ("divide by union", "not the union's"), ("add the penalty", "subtract the penalty"),
-                         ("enclosing like intersection", "min of the top-left corners")):
+                         ("enclosing like intersection", "min of the top-left corners"),
+                         ("C - intersection", "not outside the intersection")):
         assert not check_giou(lambda a, b: giou_with(a, b, wrong))
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, (wrong, out)
+    assert check_giou(torchvision.ops.generalized_box_iou)
+    assert capsys.readouterr().out.startswith("OK:")
     for wrong, words in ((lambda a, b: 1 - giou(a, b), "loss 1 - GIoU comes later"),
                          (lambda a, b: giou(box_cxcywh_to_xyxy(a), box_cxcywh_to_xyxy(b)), "already xyxy"),
                          (lambda a, b: giou(a + torch.tensor([0, 0, 1, 1]), b + torch.tensor([0, 0, 1, 1])),
@@ -134,13 +138,16 @@ def test_giou_checker_names_each_mistake(capsys):
 
 
 def test_loss_labels_checker_names_each_mistake(capsys):
+    assert check_loss_labels(loss_labels)
+    assert capsys.readouterr().out.startswith("OK:")
+
     def with_target_classes(pred_logits, targets, indices, num_classes, eos_coef, fill=None, permute=True,
-                            eos_index=-1, reduction="weighted mean", softmax_first=False):
+                            eos_index=-1, reduction="weighted mean", softmax_first=False, flip_weights=False):
         target_classes = torch.full(pred_logits.shape[:2], num_classes if fill is None else fill, dtype=torch.int64)
         for b, (q, t) in enumerate(indices):
             target_classes[b, q] = targets[b]["labels"][t] if permute else targets[b]["labels"]
-        weight = torch.ones(num_classes + 1)
-        weight[eos_index] = eos_coef
+        weight = torch.full((num_classes + 1,), eos_coef if flip_weights else 1.0)
+        weight[eos_index] = 1.0 if flip_weights else eos_coef
         logits = pred_logits.softmax(-1) if softmax_first else pred_logits
         if reduction == "sum":
             return F.cross_entropy(logits.transpose(1, 2), target_classes, weight, reduction="sum")
@@ -177,6 +184,11 @@ def test_loss_labels_checker_names_each_mistake(capsys):
             (lambda *a: with_target_classes(*a, reduction="sum"), "don't sum"),
             (lambda *a: with_target_classes(*a, eos_index=0), "not at index 0"),
             (lambda *a: with_target_classes(*a, fill=0), "not 0 (a real category)"),
+            (lambda p, t, i, n, e: with_target_classes(p, t, i, n, e, fill=n - 1), "num_classes - 1 is the last real"),
+            (lambda p, t, i, n, e: with_target_classes(p, t, i, n, e, fill=n - 1, eos_index=n - 1),
+             "num_classes - 1 is the last real"),
+            (lambda *a: with_target_classes(*a, flip_weights=True), "not the other way round"),
+            (lambda p, t, i, n, e: e * loss_labels(p, t, i, n, e, weighted=False), "not the whole loss"),
             (lambda *a: with_target_classes(*a, permute=False), "labels[target_idx]"),
             (lambda *a: with_target_classes(*a, softmax_first=True), "raw logits"),
             (no_transpose, "transpose(1, 2)"), (no_object_minus_one, "the class num_classes"),
@@ -225,8 +237,21 @@ def test_box_losses_checker_names_each_mistake(capsys):
         src, tgt = (box_cxcywh_to_xyxy(x) for x in gathered(pred_boxes, targets, indices))
         return box_losses(pred_boxes, targets, indices, num_boxes)[0], (1 - torch.diag(giou(src, tgt))).mean()
 
+    def first_queries(pred_boxes, targets, indices, num_boxes):    # the first T_b queries, not the matched ones
+        src = torch.cat([pred_boxes[b, :len(t["boxes"])] for b, t in enumerate(targets)])
+        tgt = gathered(pred_boxes, targets, indices)[1]
+        return (src - tgt).abs().sum() / num_boxes, box_losses(pred_boxes, targets, indices, num_boxes)[1]
+
+    def smooth_l1(pred_boxes, targets, indices, num_boxes):
+        loss_bbox = F.smooth_l1_loss(*gathered(pred_boxes, targets, indices), reduction="sum") / num_boxes
+        return loss_bbox, box_losses(pred_boxes, targets, indices, num_boxes)[1]
+
+    assert check_box_losses(lambda *a: list(box_losses(*a)))                          # a list is a pair too
+    assert capsys.readouterr().out.startswith("OK:")
     for wrong, words in (
             (per_pair, "not by the number of matched pairs"), (giou_mean, "not by the number of matched pairs"),
+            (first_queries, "not the first T_b queries"), (smooth_l1, "not smooth L1"),
+            (lambda p, t, i, n: box_losses(p, t, i, 4 * n), "not the mean over the 4 * N coordinates"),
             (lambda p, t, i, n: (F.l1_loss(*gathered(p, t, i)), box_losses(p, t, i, n)[1]),
              "not the mean over the 4 * N coordinates"),
             (unpermuted, "in the matcher's order"), (l1_on_xyxy, "cxcywh boxes as given"),

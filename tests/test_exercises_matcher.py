@@ -1,6 +1,7 @@
 """The notebook 05 checkers: a correct solution passes, wrong ones fail with a hint, nothing raises."""
 
 import torch
+import torchvision
 from scipy.optimize import linear_sum_assignment
 
 from detr_full.box_ops import box_cxcywh_to_xyxy, generalized_box_iou, giou_broadcast
@@ -73,7 +74,7 @@ def test_checkers_never_raise_on_a_stub(capsys):
 def cost_with(pred_logits, pred_boxes, tgt_labels, tgt_boxes, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0, *,
               mistake=None):
     """The cost matrix written as a learner would, with one mistake."""
-    prob = {"raw logits": pred_logits, "softmax over queries": pred_logits.softmax(0),
+    prob = {"raw logits": pred_logits, "softmax over queries": pred_logits.softmax(0), "sigmoid": pred_logits.sigmoid(),
             "softmax without no-object": pred_logits[:, :-1].softmax(-1)}.get(mistake, pred_logits.softmax(-1))
     class_cost = {"+prob": prob[:, tgt_labels], "1 - prob": 1 - prob[:, tgt_labels]}.get(mistake, -prob[:, tgt_labels])
     l1 = {"L2": torch.cdist(pred_boxes, tgt_boxes), "mean L1": torch.cdist(pred_boxes, tgt_boxes, p=1) / 4,
@@ -92,6 +93,7 @@ def cost_with(pred_logits, pred_boxes, tgt_labels, tgt_boxes, cost_class=1.0, co
 def test_cost_matrix_checker_names_each_mistake(capsys):
     for wrong, words in (("raw logits", "softmax the logits first"), ("softmax over queries", "not over the queries"),
                          ("softmax without no-object", "no object\" included"), ("+prob", "minus the probability"),
+                         ("sigmoid", "a sigmoid per class"),
                          ("1 - prob", "1 - prob gives the same matching"), ("L2", "Euclidean"),
                          ("mean L1", "don't average"), ("L1 on xyxy", "L1 cost is on the cxcywh boxes"),
                          ("GIoU on cxcywh", "before generalized_box_iou"), ("+GIoU", "minus the GIoU"),
@@ -118,6 +120,9 @@ def test_cost_matrix_checker_names_each_mistake(capsys):
 
 
 def test_matcher_checker_names_each_mistake(capsys):
+    assert check_matcher(matcher)
+    assert capsys.readouterr().out.startswith("OK:")
+
     def numpy_indices(outputs, targets):
         return [(q.numpy(), t.numpy()) for q, t in matcher(outputs, targets)]
 
@@ -167,3 +172,33 @@ def test_matcher_checker_names_each_mistake(capsys):
         assert not check_matcher(wrong)
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, (wrong.__name__, out)
+
+
+def matcher_on(cost_fn):
+    """A Hungarian matcher that solves cost_fn(logits, boxes, labels, target boxes) per image."""
+    def match(outputs, targets):
+        indices = []
+        for logits, boxes, t in zip(outputs["pred_logits"], outputs["pred_boxes"], targets):
+            rows, cols = linear_sum_assignment(cost_fn(logits, boxes, t["labels"], t["boxes"]).numpy())
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return indices
+    return match
+
+
+def test_matcher_checker_rejects_a_matching_on_another_cost(capsys):
+    def iou_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes):       # IoU where the matcher uses GIoU
+        iou = torchvision.ops.box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+        return -pred_logits.softmax(-1)[:, tgt_labels] + 5 * torch.cdist(pred_boxes, tgt_boxes, p=1) - 2 * iou
+
+    # 1 - prob and 1 - GIoU shift every entry by the same amount: the same matching, so right here.
+    for right in (lambda *a: cost_with(*a, mistake="1 - prob"), lambda *a: cost_with(*a, mistake="1 - GIoU")):
+        assert check_matcher(matcher_on(right))
+        assert capsys.readouterr().out.startswith("OK:")
+    for wrong in (iou_cost, lambda *a: cost_with(*a, mistake="softmax without no-object"),
+                  lambda *a: cost_with(*a, mistake="raw logits"), lambda *a: cost_with(*a, mistake="L1 on xyxy"),
+                  lambda *a: cost_with(*a, mistake="L2"), lambda *a: cost_matrix(*a, log_prob=True),
+                  lambda *a: cost_matrix(*a, cost_giou=1.0), lambda *a: cost_matrix(*a, cost_class=2.0),
+                  lambda *a: cost_matrix(*a, cost_bbox=2.0, cost_giou=5.0), lambda *a: cost_matrix(*a, cost_class=0.0)):
+        assert not check_matcher(matcher_on(wrong))
+        out = capsys.readouterr().out
+        assert out.startswith("not yet:") and "the optimum is" in out, out

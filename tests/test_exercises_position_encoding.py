@@ -116,6 +116,10 @@ def _angles(p, f, t, exponent=lambda c, f: 2 * (c // 2) / f):
 
 
 def test_check_sine_1d_names_each_mistake(capsys):
+    log_space = lambda p, f, t: _interleave(  # noqa: E731  the right frequencies, computed as exp(-log t * ...)
+        p[:, None] * torch.exp(-torch.log(torch.tensor(float(t))) * 2 * (torch.arange(f) // 2) / f))
+    assert check_sine_1d(log_space)
+    assert capsys.readouterr().out.startswith("OK:")
     def in_place(p, f, t):
         p.unsqueeze_(1)                # (N, 1) to broadcast, but the caller's tensor changes shape
         return _interleave(p / t ** (2 * (torch.arange(f) // 2) / f))
@@ -126,6 +130,13 @@ def test_check_sine_1d_names_each_mistake(capsys):
             (lambda p, f, t: _interleave(_angles(p, f, t, lambda c, f: (c // 2) / f)), "factor 2"),
             (lambda p, f, t: _interleave(p[:, None] * t ** (2 * (torch.arange(f) // 2) / f)), "don't multiply"),
             (lambda p, f, t: _sine_1d(p, f, t).T, "transposed"),
+            (lambda p, f, t: _interleave(_angles(p, f, t, lambda c, f: 2 * c / f)), "not 2 * c / F"),
+            (lambda p, f, t: _interleave(p[:, None] / (t ** (2 * torch.arange(f // 2) / f)).repeat(2)),
+             "don't repeat(2)"),
+            (lambda p, f, t: _interleave(2 * torch.pi * _angles(p, f, t)), "no 2 pi here"),
+            (lambda p, f, t: _interleave(_angles(p, f, t, lambda c, f: torch.arange(f) / f)), "share one frequency"),
+            (lambda p, f, t: torch.stack([_angles(p, f, t)[:, 0::2].sin(), _angles(p, f, t)[:, 1::2].cos()], 1)
+             .flatten(1), "interleave them"),                                        # (N, 2, F/2): sin block, cos block
             (in_place, "changed its input `p` in place")):
         assert not check_sine_1d(wrong)
         out = capsys.readouterr().out
@@ -136,6 +147,13 @@ def test_check_normalized_positions_names_each_mistake(capsys):
     def counts(mask):
         not_mask = (~mask).float()
         return not_mask.cumsum(1), not_mask.cumsum(2)
+
+    def per_image_max(mask, scale):                     # the same on a top-left valid region: right
+        y, x = counts(mask)
+        return y / y.amax((1, 2), keepdim=True) * scale, x / x.amax((1, 2), keepdim=True) * scale
+
+    assert check_normalized_positions(per_image_max)
+    assert capsys.readouterr().out.startswith("OK:")
 
     def zero_based(mask, scale):
         y, x = counts(mask)
@@ -149,7 +167,22 @@ def test_check_normalized_positions_names_each_mistake(capsys):
         y, x = mask.float().cumsum(1), mask.float().cumsum(2)
         return y / (y[:, -1:] + 1e-6) * scale, x / (x[:, :, -1:] + 1e-6) * scale
 
-    for wrong, words in ((zero_based, "count from 1"), (batch_max, "largest count"),
+    def minus_half(mask, scale):                        # Deformable DETR's offset
+        y, x = counts(mask)
+        return (y - 0.5) / (y[:, -1:] + 1e-6) * scale, (x - 0.5) / (x[:, :, -1:] + 1e-6) * scale
+
+    def normalisers_swapped(mask, scale):
+        y, x = counts(mask)
+        return y / (x[:, :, -1:] + 1e-6) * scale, x / (y[:, -1:] + 1e-6) * scale
+
+    def padded_size(mask, scale):                       # padding-unaware: divides by the padded h, w
+        y, x = counts(mask)
+        return y / mask.shape[1] * scale, x / mask.shape[2] * scale
+
+    for wrong, words in ((zero_based, "count from 1"), (batch_max, "largest count"), (padded_size, "*valid*"),
+                         (minus_half, "subtract 0.5"), (normalisers_swapped, "not the other way round"),
+                         (lambda m, s: reference_normalized_positions(m, s)[::-1], "swapped"),
+                         (lambda m, s: [v / s ** 2 for v in reference_normalized_positions(m, s)], "don't divide"),
                          (lambda m, s: reference_normalized_positions(m), "hard-coded 2 pi"),
                          (padding_counted, "True on padding"), (lambda m, s: counts(m), "normalise the counts"),
                          (lambda m, s: reference_normalized_positions(m, s)[0], "pair")):
@@ -159,10 +192,16 @@ def test_check_normalized_positions_names_each_mistake(capsys):
 
 
 def test_check_learned_encoding_names_each_mistake(capsys):
+    assert check_learned_encoding(lambda r, c, h, w: _learned(r, c, h, w).contiguous())
+    assert capsys.readouterr().out.startswith("OK:")
     for wrong, words in (
             (lambda r, c, h, w: _learned(c, r, h, w), "tables are swapped"),
             (lambda r, c, h, w: _learned(r[1:], c[1:], h, w), "index the tables from 0"),
             (lambda r, c, h, w: _learned(r, c, h, w).permute(1, 2, 0), "channels first"),
+            (lambda r, c, h, w: _learned(r, c, h, w).permute(1, 2, 0).reshape(-1, h, w), "permute(2, 0, 1)"),
+            (lambda r, c, h, w: _learned(r, c, h, w).permute(1, 2, 0).transpose(0, 2), "swaps h and w"),
+            (lambda r, c, h, w: torch.cat([r[:h][:, None].expand(-1, w, -1), c[:w][None].expand(h, -1, -1)], -1)
+             .permute(2, 0, 1), "x) features first"),
             (lambda r, c, h, w: c[:w][None].expand(h, -1, -1).permute(2, 0, 1) + r[:h][:, None].expand(-1, w, -1)
              .permute(2, 0, 1), "don't add them")):
         assert not check_learned_encoding(wrong)

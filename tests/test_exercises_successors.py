@@ -1,4 +1,4 @@
-"""Notebook 12's checkers accept correct solutions, reject the likely wrong ones with their hint, never raise."""
+"""Notebook 09's checkers accept correct solutions, reject the likely wrong ones with their hint, never raise."""
 
 import torch
 
@@ -61,6 +61,27 @@ def test_denoising_mask_checker(capsys):
         return m
     assert not _verdict(capsys, check_denoising_mask, matching_first, "come first")
     assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: _mask(g, s, q).float(), "bool")
+
+    def diagonal_only(g, s, q):                          # each denoising query sees only itself
+        m = _mask(g, s, q)
+        m[:g * s, :g * s] = torch.eye(g * s, dtype=torch.bool)
+        return m
+    assert not _verdict(capsys, check_denoising_mask, diagonal_only, "its own group")
+
+    def groups_one_too_wide(g, s, q):                    # off by one: each block reaches into the next group
+        m = _mask(g, s, q)
+        for i in range(g):
+            m[i * s:(i + 1) * s + 1, i * s:(i + 1) * s + 1] = True
+        m[g * s:, :g * s] = False
+        return m
+    assert not _verdict(capsys, check_denoising_mask, groups_one_too_wide, "Groups must not see each other")
+    assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: _mask(g, s, q).T, "does not exist at inference")
+
+    def matching_blind(g, s, q):
+        m = _mask(g, s, q)
+        m[g * s:, g * s:] = False
+        return m
+    assert not _verdict(capsys, check_denoising_mask, matching_blind, "a matching query cannot see")
     assert not _verdict(capsys, check_denoising_mask, lambda g, s, q: 1 / 0, "ZeroDivisionError")
 
 
@@ -82,6 +103,23 @@ def test_repeat_targets_checker(capsys):
     assert not _verdict(capsys, check_repeat_targets, once_more, "needs labels of shape")
     only_two = lambda ts, k: [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in ts]  # noqa: E731
     assert not _verdict(capsys, check_repeat_targets, only_two, "keep the other keys")
+
+    concatenated = lambda ts, k: [{**t, "labels": torch.cat([t["labels"]] * k),   # noqa: E731
+                                   "boxes": torch.cat([t["boxes"]] * k)} for t in ts]
+    assert _verdict(capsys, check_repeat_targets, concatenated, "OK:")
+    one_fewer = lambda ts, k: _repeat(ts, max(k - 1, 1))                          # noqa: E731
+    assert not _verdict(capsys, check_repeat_targets, one_fewer, "needs labels of shape")
+    float_labels = lambda ts, k: [{**t, "labels": t["labels"].float()} for t in _repeat(ts, k)]  # noqa: E731
+    assert not _verdict(capsys, check_repeat_targets, float_labels, "int64")
+    first_object = lambda ts, k: [{**t, "labels": t["labels"][:1].repeat(k * len(t["labels"])),  # noqa: E731
+                                   "boxes": t["boxes"][:1].repeat(k * len(t["boxes"]), 1)} for t in ts]
+    assert not _verdict(capsys, check_repeat_targets, first_object, "exactly k = 3 times")
+
+    def overwrites_inputs(ts, k):                        # the caller's dicts now hold the copies
+        for t in ts:
+            t["labels"], t["boxes"] = t["labels"].repeat(k), t["boxes"].repeat(k, 1)
+        return ts
+    assert not _verdict(capsys, check_repeat_targets, overwrites_inputs, "you changed the input dicts")
 
     def in_place(ts, k):
         for t in ts:

@@ -112,6 +112,9 @@ def test_checkers_never_raise_on_stubs(capsys):
 # ----------------------------------------------------------------------------- likely wrong answers
 
 def test_check_loss_weights_names_each_mistake(capsys):
+    assert check_loss_weights(_loss_weights)
+    assert capsys.readouterr().out.startswith("OK:")
+
     def copies(d, b, g, a, layers):
         final = {"loss_ce": 1.0, "loss_bbox": b, "loss_giou": g}
         return {**final, **{f"{k}_{i}": v for i in layers for k, v in final.items()}} if a else final
@@ -133,6 +136,10 @@ def test_check_loss_weights_names_each_mistake(capsys):
             (lambda d, b, g, a: {**_loss_weights(d, b, g, a), "class_error": 0.0}, "logged, never weighted"),
             (lambda d, b, g, a: {**_loss_weights(d, b, g, a), "loss_bbox": g, "loss_giou": b},
              "loss_bbox bbox_loss_coef"),
+            (lambda d, b, g, a: {k: v for k, v in _loss_weights(d, b, g, a).items() if not k.startswith("loss_ce_")},
+             "loss_ce too"),
+            (lambda d, b, g, a: {k: v / d if k.count("_") == 2 else v for k, v in _loss_weights(d, b, g, a).items()},
+             "keeps the weight of its final-layer term"),
             (grows_while_looping, "list(weights.items())")):
         assert not check_loss_weights(wrong)
         out = capsys.readouterr().out
@@ -140,6 +147,9 @@ def test_check_loss_weights_names_each_mistake(capsys):
 
 
 def test_check_class_error_names_each_mistake(capsys):
+    assert check_class_error(_class_error)
+    assert capsys.readouterr().out.startswith("OK:")
+
     def nan_when_empty(pred_logits, targets, indices):       # the case: the mean of nothing is NaN
         predicted = torch.cat([pred_logits[b, q].argmax(-1) for b, (q, _) in enumerate(indices)])
         labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
@@ -166,6 +176,8 @@ def test_check_class_error_names_each_mistake(capsys):
                           "expected 100"),
                          (per_image_mean, "pool the matched queries"), (unpermuted_labels, "labels[target_idx]"),
                          (all_queries, "only the matched queries count"),
+                         (lambda p, t, i: _class_error(p, t, i) * sum(len(q) for q, _ in i) / 100 if
+                          sum(len(q) for q, _ in i) else 100.0, "expected"),          # a count of errors, not a rate
                          (lambda p, t, i: _class_error(p[..., :-1], t, i), "no-object included")):
         assert not check_class_error(wrong)
         out = capsys.readouterr().out
@@ -173,6 +185,10 @@ def test_check_class_error_names_each_mistake(capsys):
 
 
 def test_check_cardinality_error_names_each_mistake(capsys):
+    assert check_cardinality_error(lambda p, t: torch.nn.functional.l1_loss(   # the same mean absolute difference
+        (p.argmax(-1) != p.shape[-1] - 1).sum(1).float(), torch.tensor([float(len(x["labels"])) for x in t])))
+    assert capsys.readouterr().out.startswith("OK:")
+
     def counted(predicted_per_image, targets):
         counts = torch.tensor([float(len(t["labels"])) for t in targets])
         return (predicted_per_image.float() - counts).abs().mean()
@@ -195,14 +211,23 @@ def test_check_cardinality_error_names_each_mistake(capsys):
                          (lambda p, t: counted((p.argmax(-1) != 0).sum(1), t), "not index 0"),
                          (lambda p, t: counted((p.softmax(-1)[..., :-1].max(-1).values > 0.7).sum(1), t),
                           "no score threshold"),
-                         (long_counts, ".float()")):
+                         (long_counts, ".float()"),
+                         (lambda p, t: counted((p.softmax(-1)[..., -1] < 0.5).sum(1), t), "no score threshold"),
+                         (lambda p, t: _cardinality_error(p, t) ** 2, "expected"),    # not the absolute error
+                         (lambda p, t: counted((p[..., :-1].argmax(-1) != p.shape[-1] - 1).sum(1), t), "expected")):
         assert not check_cardinality_error(wrong)
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, out
 
 
 def test_check_step_lr_names_each_mistake(capsys):
-    for wrong, words in ((lambda e, lr, d: lr * 0.1 ** (e / d), "integer division"),
+    assert check_step_lr(lambda e, lr, d: lr / 10 ** (e // d))
+    assert capsys.readouterr().out.startswith("OK:")
+    for wrong, words in ((lambda e, lr, d: lr * 0.1 * (e // d), "got 0"),          # times the count, not a power
+                         (lambda e, lr, d: lr * 0.1 if e > d else lr, "already uses lr / 10"),
+                         (lambda e, lr, d: lr * 0.1 ** -(-e // d), "still trains with the full lr"),   # ceil
+                         (lambda e, lr, d: lr * 0.1 ** round(e / d), "still trains with the full lr"),
+                         (lambda e, lr, d: lr * 0.1 ** (e / d), "integer division"),
                          (lambda e, lr, d: lr * 0.1 if e >= d else lr, "not once"),
                          (lambda e, lr, d: lr * 0.5 ** (e // d), "gamma = 0.1"),
                          (lambda e, lr, d: lr * 0.1 ** ((e + 1) // d), "still trains with the full lr")):
@@ -232,7 +257,11 @@ def test_check_finetune_filter_names_each_mistake(capsys):
                          (lambda c, m: {k: v * 0.5 for k, v in _finetune_filter(c, m).items()},
                           "not the checkpoint's tensor"),
                          (lambda c, m: list(_finetune_filter(c, m)), "not only their keys"),
-                         (lambda c, m: {**_finetune_filter(c, m), "extra": torch.zeros(1)}, "not in the checkpoint")):
+                         (lambda c, m: {**_finetune_filter(c, m), "extra": torch.zeros(1)}, "not in the checkpoint"),
+                         (lambda c, m: {k: v for k, v in c.items() if k in m and len(v) == len(m[k])},
+                          "not len() or the first dimension"),
+                         (lambda c, m: {k: v for k, v in c.items() if k in m and v.numel() == m[k].numel()},
+                          "not only keys or sizes")):
         assert not check_finetune_filter(wrong)
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, out

@@ -94,6 +94,8 @@ def attention_with(query, key, value, in_proj_weight, in_proj_bias, out_proj_wei
     b, lq, d = query.shape
     dh = d // num_heads
     (w_q, w_k, w_v), (b_q, b_k, b_v) = in_proj_weight.chunk(3), in_proj_bias.chunk(3)
+    if mistake == "k, q, v order":
+        (w_q, w_k), (b_q, b_k) = (w_k, w_q), (b_k, b_q)
     if mistake == "no bias":
         b_q, b_k, b_v = (torch.zeros_like(x) for x in (b_q, b_k, b_v))
     project = (lambda x, w, bias: x @ w + bias) if mistake == "x @ W" else F.linear
@@ -119,6 +121,8 @@ def attention_with(query, key, value, in_proj_weight, in_proj_bias, out_proj_wei
     out = attn @ v
     out = out.reshape(b, lq, d) if mistake == "merge without transpose" else out.transpose(1, 2).reshape(b, lq, d)
     weights = {"heads kept": attn, "sum over heads": attn.sum(1)}.get(mistake, attn.mean(1))
+    if mistake == "no out bias":
+        return F.linear(out, out_proj_weight), weights
     return (out if mistake == "no out_proj" else F.linear(out, out_proj_weight, out_proj_bias)), weights
 
 
@@ -129,7 +133,8 @@ def test_attention_checker_names_each_mistake(capsys):
                          ("sum over heads", "don't sum"), ("heads kept", "weights.mean(1)"),
                          ("inverted mask", "wrong way round"), ("fill 0", "not 0"),
                          ("mask after softmax", "before the softmax"),
-                         ("merge without transpose", "a reshape alone"), ("no out_proj", "output projection")):
+                         ("merge without transpose", "a reshape alone"), ("no out_proj", "output projection"),
+                         ("k, q, v order", "in the order q, k, v"), ("no out bias", "add out_proj_bias")):
         assert not check_multi_head_attention(lambda *a, **k: attention_with(*a, **k, mistake=wrong))
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, (wrong, out)
@@ -149,6 +154,7 @@ def encoder_with(layer, src, padding_mask, pos, *, mistake):
     attend = lambda q, k, v, m: layer.self_attn(q, k, v, m)[0]  # noqa: E731
     x = layer.norm1(src) if pre_norm else src
     q = k = x if mistake == "no pos" else x + pos
+    k = x if mistake == "keys without pos" else k
     mask = {"no mask": None, "inverted mask": ~padding_mask}.get(mistake, padding_mask)
     a = attend(q, k, x, mask)
     if mistake == "in place":
@@ -157,7 +163,7 @@ def encoder_with(layer, src, padding_mask, pos, *, mistake):
         src = (src + pos if mistake == "pos in residual" else src) + a
     src = src if pre_norm else layer.norm1(src)
     x = layer.norm2(src) if pre_norm else src
-    hidden = layer.linear1(x) if mistake == "no relu" else F.relu(layer.linear1(x))
+    hidden = {"no relu": lambda t: t, "gelu": F.gelu}.get(mistake, F.relu)(layer.linear1(x))
     src = layer.linear2(hidden) + (0 if mistake == "no ffn residual" else src)
     return src if pre_norm else layer.norm2(src)
 
@@ -167,6 +173,7 @@ def test_encoder_layer_checker_names_each_mistake(capsys):
                          ("no pos", "add the position encoding"), ("no mask", "pass padding_mask"),
                          ("inverted mask", "wrong way round"), ("pos in residual", "not to src + pos"),
                          ("no ffn residual", "around the feed-forward block"), ("no relu", "ReLU"),
+                         ("keys without pos", "keys as well as the queries"), ("gelu", "not GELU"),
                          ("in place", "changed its input (argument 2) in place")):
         assert not check_encoder_layer(lambda *a: encoder_with(*a, mistake=wrong))
         out = capsys.readouterr().out
@@ -194,6 +201,7 @@ def decoder_with(layer, tgt, memory, mask, pos, query_pos, *, mistake):
     if mistake != "no self-attention":
         x = layer.norm1(tgt) if pre_norm else tgt
         q = k = x if mistake == "self without query_pos" else x + query_pos
+        k = x if mistake == "self keys without query_pos" else k
         tgt = tgt + layer.self_attn(q, k, x + query_pos if mistake == "self values with query_pos" else x)[0]
         tgt = tgt if pre_norm else layer.norm1(tgt)
     x = layer.norm2(tgt) if pre_norm else tgt
@@ -203,7 +211,7 @@ def decoder_with(layer, tgt, memory, mask, pos, query_pos, *, mistake):
     tgt = attended if mistake == "no cross residual" else tgt + attended
     tgt = tgt if pre_norm else layer.norm2(tgt)
     x = layer.norm3(tgt) if pre_norm else tgt
-    tgt = tgt + layer.linear2(F.relu(layer.linear1(x)))
+    tgt = tgt + layer.linear2((F.gelu if mistake == "gelu" else F.relu)(layer.linear1(x)))
     return tgt if pre_norm else layer.norm3(tgt)
 
 
@@ -213,7 +221,8 @@ def test_decoder_layer_checker_names_each_mistake(capsys):
                          ("cross without query_pos", "cross-attention queries too"),
                          ("values with pos", "values are memory itself"), ("no mask", "pass memory_padding_mask"),
                          ("no self-attention", "starts with self-attention"),
-                         ("no cross residual", "around the cross-attention")):
+                         ("no cross residual", "around the cross-attention"),
+                         ("self keys without query_pos", "keys as well as its queries"), ("gelu", "not GELU")):
         assert not check_decoder_layer(lambda *a: decoder_with(*a, mistake=wrong))
         out = capsys.readouterr().out
         assert out.startswith("not yet:") and words in out, (wrong, out)

@@ -61,6 +61,8 @@ def check_frozen_batch_norm(fn: Callable[[Tensor, Tensor, Tensor, Tensor, Tensor
             (lambda: frozen_bn(weight, bias, mean, var.sqrt()),
              f"right except where running_var is tiny (channel 0 has 1e-6): add eps (= {eps}) to the "
              "variance before the square root."),
+            (lambda: frozen_bn(weight, bias, mean, (var + 1e-5).sqrt()),
+             f"use the `eps` argument (here {eps:g}), not a hard-coded 1e-5."),
             (lambda: frozen_bn(weight, bias, mean, var.sqrt() + eps),
              "eps goes inside the square root: sqrt(running_var + eps), not sqrt(running_var) + eps."),
             (lambda: frozen_bn(weight, bias, mean, var + eps),
@@ -93,10 +95,18 @@ def reference_downsample_mask(padding_mask: Tensor, size: tuple[int, int]) -> Te
 
 
 def _mask_cases() -> list[tuple[Tensor, tuple[int, int]]]:
-    """Padded batches with the feature sizes a stride-32 or stride-16 backbone gives them."""
+    """Padded batches with the feature sizes a stride-32 or stride-16 backbone gives them.
+
+    The last two put an image's edge between the pixels that floor, ceil and round would pick: with
+    100 px and 7 cells, cell i takes pixel floor(i * 100 / 7) = 0, 14, 28, 42, 57, 71, 85, where ceil
+    and round give 43 for cell 3 and ceil gives 72 for cell 5, and i * (100 // 7) gives 56 for cell 4;
+    images 72, 43 and 57 px wide (then high) end right there. At 18 px, cell 1 (pixels 14..28) is
+    mostly padding: a majority vote (average pooling, bilinear > 0.5) marks it, floor and ceil don't."""
     cases = []
+    edges = [100, 72, 43, 57, 18]
     for image_sizes, stride in (([(120, 128), (128, 80)], 32), ([(100, 150), (70, 160), (130, 64)], 32),
-                                ([(64, 96), (40, 100)], 16)):
+                                ([(64, 96), (40, 100)], 16), ([(64, w) for w in edges], 16),
+                                ([(h, 64) for h in edges], 16)):
         h_max, w_max = max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)
         mask = torch.ones(len(image_sizes), h_max, w_max, dtype=torch.bool)
         for i, (h, w) in enumerate(image_sizes):
@@ -134,11 +144,30 @@ def check_downsample_mask(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> bo
         if torch.equal(out, expected):
             continue
         as_float = mask[:, None].float()                                   # (B, 1, H, W)
+        big_h, big_w = mask.shape[1:]
+
+        def sampled(rows: Tensor, cols: Tensor) -> Tensor:
+            """The mask at pixel rows[i], cols[j] for cell (i, j), indices clamped into the image."""
+            return mask[:, rows.long().clamp(max=big_h - 1)][:, :, cols.long().clamp(max=big_w - 1)]
+
+        def rounded(how: Callable[[Tensor], Tensor]) -> Tensor:
+            return sampled(how(torch.arange(h) * big_h / h), how(torch.arange(w) * big_w / w))
+
+        floor = "nearest takes pixel floor(i * H / h) for cell i (F.interpolate's default mode)"
+        majority = ("a cell came out as padding when most of its pixels are (as average pooling or bilinear "
+                    f"interpolation, then > 0.5, give); Backbone samples one pixel per cell: {floor}.")
         hint = mistake(out.float(), expected.float(), [
             (lambda: ~expected, "the polarity is inverted: True must mean padding, as in the input mask."),
+            (lambda: rounded(torch.ceil), f"you rounded i * H / h up (ceil); {floor}: round down."),
+            (lambda: rounded(torch.round), f"you rounded i * H / h to the nearest integer; {floor}: round down."),
+            (lambda: sampled(torch.arange(h) * (big_h // h), torch.arange(w) * (big_w // w)),
+             f"you stepped by the whole stride H // h, which drifts when H / h is not whole; {floor}."),
             (lambda: F.adaptive_max_pool2d(as_float, size)[:, 0],
-             "pooling marks a cell as padding when any of its pixels is; Backbone samples one pixel per "
-             "cell instead, by nearest interpolation (F.interpolate's default mode)."),
+             "a cell came out as padding when any of its pixels is (as max pooling, or sampling each cell's "
+             "last pixel, gives); Backbone samples one pixel per cell, the first: nearest interpolation "
+             "(F.interpolate's default mode) takes pixel floor(i * H / h)."),
+            (lambda: F.adaptive_avg_pool2d(as_float, size)[:, 0] > 0.5, majority),
+            (lambda: F.interpolate(as_float, size=size, mode="bilinear")[:, 0] > 0.5, majority),
             (lambda: F.interpolate(as_float, size=size, mode="nearest-exact")[:, 0],
              "you sampled each cell's centre (mode 'nearest-exact'); Backbone uses F.interpolate's default "
              "'nearest', which takes pixel floor(i * H / h)."),
@@ -197,6 +226,11 @@ def check_feature_size(fn: Callable[[int, int, bool], tuple[int, int]]) -> bool:
             hint = "dilation is the other way round: without it the stride is 32, with DC5 (dilation=True) 16."
         elif dilation and got == (math.ceil(height / 8), math.ceil(width / 8)):
             hint = "DC5 dilates layer4 only: the output stride is 16 (one stride-2 step fewer), not 8."
+        elif got == (height // stride + 1, width // stride + 1):
+            side = next(n for n in (height, width) if n % stride == 0)
+            hint = (f"n // {stride} + 1 is one cell too many when n is a multiple of {stride}: {side} px give "
+                    f"exactly {side // stride} cells. Round up instead, ceil(n / {stride}) = (n + {stride - 1}) "
+                    f"// {stride}.")
         elif got == expected[::-1]:
             hint = "height and width are swapped: return (h, w)."
         else:

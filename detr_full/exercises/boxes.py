@@ -83,6 +83,14 @@ def check_xywh_to_cxcywh(fn: Callable[[Tensor, tuple[int, int]], Tensor]) -> boo
              "the centre is normalised but the width and height are still in pixels: divide them too."),
             (lambda: torch.cat([expected[:, :2] * scale[:2], expected[:, 2:]], -1),
              "the size is normalised but the centre is still in pixels: divide cx by W and cy by H too."),
+            (lambda: expected[:, [0, 1, 3, 2]], "the order is cx, cy, w, h: the width before the height."),
+            (lambda: expected * scale / w, "divide the x-quantities (cx, w) by the width W and the y-quantities "
+                                           "(cy, h) by the height H, not all four by W."),
+            (lambda: expected * scale / h, "divide the x-quantities (cx, w) by the width W and the y-quantities "
+                                           "(cy, h) by the height H, not all four by H."),
+            (lambda: torch.stack([(x + bw) / 2, (y + bh) / 2, bw, bh], -1) / scale,
+             "(x + w) / 2 would be the centre if w were the right edge; in COCO it is the width: "
+             "cx = x + w / 2, cy = y + h / 2."),
         ], atol=1e-4)
         if hint is None and torch.allclose(out[:, 2:].float(), expected[:, 2:], atol=1e-5):
             hint = ("w and h are right, the centre is not: cx = x + w / 2 (x is the left edge, "

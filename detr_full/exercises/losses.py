@@ -73,6 +73,9 @@ def check_giou(fn: Callable[[Tensor, Tensor], Tensor]) -> bool:
              "(disjoint boxes do not overlap negatively)."),
             (lambda: _giou_with(boxes1, boxes2, "union_with_intersection"),
              "the union counts the overlap once: area1 + area2 - intersection."),
+            (lambda: _giou_with(boxes1, boxes2, "enclosing_minus_intersection"),
+             "the penalty is the part of C outside the union, (area(C) - union) / area(C), not outside the "
+             "intersection."),
             (lambda: _giou_with(boxes1, boxes2, "divide_by_union"),
              "the penalty is (area(C) - union) / area(C): divide by the enclosing box's area, not the union's."),
             (lambda: _giou_with(boxes1, boxes2, "add_penalty"),
@@ -113,7 +116,8 @@ def _giou_with(boxes1: Tensor, boxes2: Tensor, how: str) -> Tensor:
     iou = inter / union
     if how == "no_enclosing_term":
         return iou
-    penalty = (enclosing - union) / (union if how == "divide_by_union" else enclosing)
+    uncovered = enclosing - (inter if how == "enclosing_minus_intersection" else union)
+    penalty = uncovered / (union if how == "divide_by_union" else enclosing)
     return iou + penalty if how == "add_penalty" else iou - penalty
 
 
@@ -180,16 +184,21 @@ def _loss_labels_error_hint(error: str) -> str:
 def _loss_labels_with(logits: Tensor, targets: list[dict], indices: list[tuple[Tensor, Tensor]], num_classes: int,
                       eos_coef: float, how: str) -> Tensor:
     """loss_ce with one likely mistake `how`, to name it in a hint."""
-    target_classes = torch.full(logits.shape[:2], 0 if how == "no_object_0" else num_classes)   # (B, Q)
+    no_object = {"no_object_0": 0, "no_object_last_real": num_classes - 1,
+                 "no_object_and_weight_last_real": num_classes - 1}.get(how, num_classes)
+    target_classes = torch.full(logits.shape[:2], no_object)                                   # (B, Q)
     for b, (q, t) in enumerate(indices):
         labels = targets[b]["labels"]
         target_classes[b, q] = labels if how == "labels_unpermuted" else labels[t]
-    weight = torch.ones(num_classes + 1)
-    weight[0 if how == "eos_at_0" else -1] = eos_coef
+    weight = torch.full((num_classes + 1,), eos_coef if how == "weights_flipped" else 1.0)
+    eos_index = {"eos_at_0": 0, "no_object_and_weight_last_real": num_classes - 1}.get(how, num_classes)
+    weight[eos_index] = 1.0 if how == "weights_flipped" else eos_coef
     scores = logits.softmax(-1) if how == "double_softmax" else logits
     per_query = F.cross_entropy(scores.transpose(1, 2), target_classes, reduction="none")    # (B, Q)
     if how == "unweighted":
         return per_query.mean()
+    if how == "eos_scales_all":
+        return eos_coef * per_query.mean()
     if how == "matched_only":
         matched = torch.zeros_like(target_classes, dtype=torch.bool)
         for b, (q, _) in enumerate(indices):
@@ -210,6 +219,14 @@ _LOSS_LABELS_MISTAKES = [
                           "(F.cross_entropy with weight= does that)."),
     ("sum", "average, don't sum: the weighted mean, F.cross_entropy's default reduction."),
     ("eos_at_0", "the no-object weight goes at index num_classes (the last logit), not at index 0."),
+    ("eos_scales_all", "eos_coef weighs only the no-object class (weight=w with w[-1] = eos_coef), not the "
+                       "whole loss."),
+    ("weights_flipped", "the weight is 1 for the real classes and eos_coef for no-object alone (w = ones(K), "
+                        "w[-1] = eos_coef), not the other way round."),
+    ("no_object_last_real", "\"no object\" is the class num_classes (the last of the K = num_classes + 1 "
+                            "logits); num_classes - 1 is the last real category."),
+    ("no_object_and_weight_last_real", "\"no object\" is the class num_classes (the last of the K = num_classes "
+                                       "+ 1 logits); num_classes - 1 is the last real category."),
     ("no_object_0", "unmatched queries get the class num_classes (\"no object\", the last logit), not 0 (a "
                     "real category)."),
     ("labels_unpermuted", "query query_idx[i] gets the label of target target_idx[i]: "
@@ -236,6 +253,7 @@ def check_box_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
     src = torch.cat([pred_boxes[b, q] for b, (q, _) in enumerate(indices)])                 # (N, 4)
     tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])                 # (N, 4)
     stored = torch.cat([t["boxes"] for t in targets])                                       # (N, 4), unpermuted
+    first_queries = torch.cat([pred_boxes[b, :len(t["boxes"])] for b, t in enumerate(targets)])  # (N, 4), unmatched
     num_pairs = len(src)
     src_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt)
     # In distributed training num_boxes is the average over processes: here the other processes'
@@ -263,6 +281,11 @@ def check_box_losses(fn: Callable[..., tuple[Tensor, Tensor]]) -> bool:
                 (lambda: l1, "loss_bbox: divide the sum by num_boxes."),
                 (lambda: 5 * l1 / num_boxes, "return the unweighted loss; the weight bbox_loss_coef = 5 is "
                                              "applied later, through the weight_dict."),
+                (lambda: F.smooth_l1_loss(src, tgt, reduction="sum") / num_boxes,
+                 "loss_bbox is the plain L1 loss, |pred - target|, not smooth L1 (Fast R-CNN's)."),
+                (lambda: (first_queries - tgt).abs().sum() / num_boxes,
+                 "loss_bbox: take the matched queries, pred_boxes[b, query_idx], not the first T_b queries of "
+                 "each image."),
                 (lambda: (src - tgt).pow(2).sum() / num_boxes,
                  "loss_bbox is the L1 loss: absolute differences, not squared ones."),
                 (lambda: (src_xyxy - tgt_xyxy).abs().sum() / num_boxes,

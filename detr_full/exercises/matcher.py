@@ -69,6 +69,9 @@ def check_cost_matrix(fn: Callable[..., Tensor]) -> bool:
             (lambda: -logits[:, labels], "softmax the logits first: the cost uses probabilities."),
             (lambda: -logits.softmax(0)[:, labels],
              "softmax over the classes (dim -1), not over the queries (dim 0)."),
+            (lambda: -logits.sigmoid()[:, labels],
+             "DETR's class cost softmaxes over the K logits; a sigmoid per class belongs to the focal-loss "
+             "successors (Deformable DETR, DINO)."),
             (lambda: -logits[:, :-1].softmax(-1)[:, labels],
              "softmax over all K logits, \"no object\" included, as the classifier does."),
             (lambda: prob[:, labels], "the class cost is minus the probability: a likely class must be cheap."),
@@ -148,8 +151,10 @@ def check_matcher(fn: Callable[[dict, list[dict]], list[tuple[Tensor, Tensor]]])
     rare with random inputs). Prints OK or a hint; returns True when it passes.
     """
     matcher = HungarianMatcher(1, 5, 2)
-    for sizes, num_queries in (([3], 5), ([2, 0, 4], 6), ([0, 0], 4)):
-        outputs, targets = _batch(sizes, num_queries, seed=sum(sizes) + num_queries)
+    # The last case's optimum moves with each term: a matcher that uses IoU instead of GIoU, softmaxes
+    # without the no-object logit, or weighs the terms otherwise (1, 5, 1 or 2, 5, 2) picks another one.
+    for sizes, num_queries, seed in (([3], 5, 8), ([2, 0, 4], 6, 12), ([0, 0], 4, 4), ([5], 7, 19)):
+        outputs, targets = _batch(sizes, num_queries, seed=seed)
         want = matcher(outputs, targets)
         cost = matcher.cost_matrix(outputs, targets) if sum(sizes) else None   # (B, Q, T_max)
         got, error = call(fn, outputs, targets)

@@ -61,12 +61,22 @@ def check_sine_1d(fn: Callable[[Tensor, int, float], Tensor]) -> bool:
             return result
 
         angles = positions[:, None] / temperature ** (2 * (c // 2) / feats)                  # (N, F)
+        pair_frequencies = temperature ** (2 * torch.arange(feats // 2) / feats)              # (F/2,)
         hint = mistake(out, expected, [
             (lambda: torch.cat([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=1),
              "right values, wrong order: interleave them, sin in channel 2i and cos in channel 2i + 1."),
             (lambda: interleaved(positions[:, None] / temperature ** (c / feats)),
              "channels 2i and 2i + 1 share one frequency: divide by temperature ** (2 * (c // 2) / F), "
              "not temperature ** (c / F)."),
+            (lambda: interleaved(positions[:, None] / temperature ** (2 * c / feats)),
+             "channels 2i and 2i + 1 share one frequency: the exponent is 2 * (c // 2) / F, not 2 * c / F "
+             "(which falls to temperature ** -2)."),
+            (lambda: interleaved(positions[:, None] / pair_frequencies.repeat(2)),
+             "each frequency serves one channel pair, 2i and 2i + 1: repeat_interleave(2) the F / 2 "
+             "frequencies, don't repeat(2) them as a block."),
+            (lambda: interleaved(2 * math.pi * angles),
+             "no 2 pi here: the positions go in as they are (the 2 pi scale belongs to the normalised "
+             "coordinates of the next exercise)."),
             (lambda: interleaved(positions[:, None] / temperature ** ((c // 2) / feats)),
              "the exponent is 2 * (c // 2) / F: you dropped the factor 2, so the frequencies only fall to "
              "temperature ** -0.5 instead of about 1 / temperature."),
@@ -152,6 +162,13 @@ def check_normalized_positions(fn: Callable[[Tensor, float], tuple[Tensor, Tenso
                 (mask.cumsum(1).float(), mask.cumsum(2).float(),
                  "count the valid cells, cumsum of ~padding_mask: padding_mask is True on padding."),
                 (y_count, x_count, "normalise the counts: divide by the cumsum's last row (+ 1e-6), times scale."),
+                ((y_count - 0.5) / y_height * scale, (x_count - 0.5) / x_width * scale,
+                 "DETR does not subtract 0.5 from the counts (Deformable DETR does): the last valid row is "
+                 "exactly scale."),
+                (y_count / x_width * scale, x_count / y_height * scale,
+                 "divide y_embed by the valid height (y's cumsum, last row) and x_embed by the valid width "
+                 "(x's cumsum, last column), not the other way round."),
+                (y_ref / scale ** 2, x_ref / scale ** 2, "multiply by `scale`, don't divide by it."),
             ]
 
             def same(a: Tensor, b: Tensor) -> bool:
@@ -193,6 +210,9 @@ def check_learned_encoding(fn: Callable[[Tensor, Tensor, int, int], Tensor]) -> 
         problem = shape_problem(out, (2 * feats, h, w))
         if problem and isinstance(out, Tensor) and tuple(out.shape) == (h, w, 2 * feats):
             problem = f"expected shape {(2 * feats, h, w)}, got {tuple(out.shape)}: put the channels first."
+        elif problem and isinstance(out, Tensor) and tuple(out.shape) == (2 * feats, w, h):
+            problem = (f"expected shape {(2 * feats, h, w)}, got {tuple(out.shape)}: transpose(0, 2) swaps h and "
+                       "w too; permute(2, 0, 1) takes (h, w, 2F) to (2F, h, w).")
         elif problem and isinstance(out, Tensor) and tuple(out.shape) == (feats, h, w):
             problem = (f"expected shape {(2 * feats, h, w)}, got {tuple(out.shape)}: concatenate the x and y "
                        "features along the channels (2F of them), don't add them.")
@@ -215,6 +235,9 @@ def check_learned_encoding(fn: Callable[[Tensor, Tensor, int, int], Tensor]) -> 
             (lambda: encoding(row[:w], col[:h]),
              "the tables are swapped: col_weight embeds the column index (x, along the width), "
              "row_weight the row index (y, along the height)."),
+            (lambda: encoding(col[:w], row[:h]).permute(1, 2, 0).reshape(2 * feats, h, w),
+             "reshape keeps the memory order, so it scrambles the (h, w, 2F) values: move the channels "
+             "first with permute(2, 0, 1)."),
             (lambda: encoding(col[1:w + 1], row[1:h + 1]),
              "index the tables from 0 (row_weight[:h], col_weight[:w]): the learned table has no 1-based "
              "offset, unlike the sine encoding's cumsum."),

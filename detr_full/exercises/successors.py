@@ -1,4 +1,4 @@
-"""Checkers for notebook 12's exercises: the denoising attention mask (DN-DETR) and the repeated
+"""Checkers for notebook 09's exercises: the denoising attention mask (DN-DETR) and the repeated
 targets of one-to-many matching (H-DETR's hybrid branch)."""
 
 from __future__ import annotations
@@ -83,9 +83,14 @@ def check_repeat_targets(fn: Callable[[list[dict], int], Any]) -> bool:
     copies is right: the Hungarian matcher does not care. Prints OK or a hint."""
     for k in (3, 1):
         targets = _targets_case()
-        out, error = call(fn, targets, k)
+        given = [dict(t) for t in targets]         # the same tensors in dicts of our own, to see the inputs change
+        out, error = call(fn, given, k)
         if error:
             return failure(error, "t['labels'].repeat(k) and t['boxes'].repeat(k, 1), in a new dict per image.")
+        if any(set(g) != set(t) or any(g[key] is not t[key] for key in t) for g, t in zip(given, targets)):
+            return verdict(False, "you changed the input dicts (t['labels'] = ...): the caller's targets now hold "
+                           "the copies too, and the one-to-one branch still needs them as they were. Build a new "
+                           "dict per image: {**t, 'labels': ..., 'boxes': ...}.")
         if not isinstance(out, list) or len(out) != len(targets) or not all(isinstance(t, dict) for t in out):
             return verdict(False, f"return a list of {len(targets)} dicts, one per image, like the input; got "
                            f"{type(out).__name__}.")

@@ -1,5 +1,5 @@
-"""Checkers for the training notebooks: 07 (auxiliary losses), 08 (training on shapes),
-09 (full COCO training) and 11 (fine-tuning on your data).
+"""Checkers for the training notebooks: 07 (auxiliary losses), 08 (training DETR as published),
+11 (full training) and 13 (fine-tuning on your data).
 
 Each `check_*` calls the learner's function on a few small seeded cases, compares the answers with
 `detr_full`, prints "OK: ..." or "not yet: <hint>", and returns True or False. A wrong answer, an
@@ -74,6 +74,7 @@ def check_loss_weights(fn: Callable[[int, float, float, bool], dict]) -> bool:
             hint = f"for {case} the keys differ: missing {missing[:4]}, unexpected {extra[:4]}."
             extra_layers = sorted({int(m.group(2)) for k in extra if isinstance(k, str) and (m := aux_key.match(k))})
             missing_layers = sorted({int(m.group(2)) for k in missing if (m := aux_key.match(k))})
+            missing_terms = sorted({m.group(1) for k in missing if (m := aux_key.match(k))})
             if not aux and extra_layers:
                 hint += " With aux_loss=False there are no `_i` copies: only the final-layer terms."
             elif any(k in extra for k in ("class_error", "cardinality_error")):
@@ -88,6 +89,8 @@ def check_loss_weights(fn: Callable[[int, float, float, bool], dict]) -> bool:
             elif missing_layers == [dec_layers - 2]:
                 hint += (" One copy per decoder layer except the last: i in range(dec_layers - 1), so the last "
                          "suffix is dec_layers - 2.")
+            elif not extra and len(missing_terms) < 3 and missing_layers == list(range(dec_layers - 1)):
+                hint += f" Every term has its auxiliary copies, loss_{missing_terms[0]} too."
             elif any(k in missing for k in final_terms):
                 hint += " The final-layer terms loss_ce, loss_bbox and loss_giou keep their names, without suffix."
             return verdict(False, hint)
@@ -304,9 +307,9 @@ def check_step_lr(fn: Callable[[int, float, int], Any]) -> bool:
 class _Heads(torch.nn.Module):
     """A stand-in for DETR with its parameter names: a shared trunk plus heads sized by the dataset."""
 
-    def __init__(self, num_classes: int, num_queries: int, hidden_dim: int = 8):
+    def __init__(self, num_classes: int, num_queries: int, hidden_dim: int = 8, backbone_channels: int = 16):
         super().__init__()
-        self.input_proj = torch.nn.Conv2d(16, hidden_dim, kernel_size=1)
+        self.input_proj = torch.nn.Conv2d(backbone_channels, hidden_dim, kernel_size=1)
         self.transformer = torch.nn.Linear(hidden_dim, hidden_dim)
         self.class_embed = torch.nn.Linear(hidden_dim, num_classes + 1)     # +1: "no object"
         self.bbox_embed = torch.nn.Linear(hidden_dim, 4)
@@ -320,10 +323,14 @@ def _finetune_cases() -> list[tuple[str, dict[str, Tensor], torch.nn.Module]]:
         torch.manual_seed(0)
         pretrained = _Heads(num_classes=19, num_queries=10)
         other_classes, same_classes = _Heads(num_classes=4, num_queries=8), _Heads(num_classes=19, num_queries=8)
+        # Heads (K, D) and (Q, D) change in their second dimension only, so len() can't tell, and
+        # input_proj.weight goes from (8, 16, 1, 1) to (16, 8, 1, 1), the same number of elements.
+        other_width = _Heads(num_classes=19, num_queries=10, hidden_dim=16, backbone_channels=8)
     checkpoint = pretrained.state_dict()
     checkpoint["some_extra_head.weight"] = torch.zeros(3)      # a key these models do not have
     return [("4 classes and 8 queries instead of 19 and 10", checkpoint, other_classes),
-            ("the same 19 classes, 8 queries instead of 10", checkpoint, same_classes)]
+            ("the same 19 classes, 8 queries instead of 10", checkpoint, same_classes),
+            ("hidden_dim 16 instead of 8 and a backbone with 8 channels instead of 16", checkpoint, other_width)]
 
 
 def check_finetune_filter(fn: Callable[[dict, dict], Any]) -> bool:
@@ -366,8 +373,13 @@ def check_finetune_filter(fn: Callable[[dict, dict], Any]) -> bool:
             return verdict(False, "the condition is the wrong way round: keep the entries whose shape matches "
                             "the model's, drop the ones that differ.")
         if kept & misfits:
-            return verdict(False, f"{sorted(kept & misfits)[0]} has another shape in your model ({case}): "
-                            "compare shapes, not only keys.")
+            k = sorted(kept & misfits)[0]
+            if checkpoint[k].shape[0] == model_sd[k].shape[0]:
+                return verdict(False, f"{k} is {tuple(checkpoint[k].shape)} in the checkpoint and "
+                               f"{tuple(model_sd[k].shape)} in your model ({case}): compare whole shapes, "
+                               "v.shape == model_sd[k].shape, not len() or the first dimension.")
+            return verdict(False, f"{k} has another shape in your model ({case}): compare shapes, not only keys "
+                           "or sizes: v.shape == model_sd[k].shape.")
         if "some_extra_head.weight" in kept:
             return verdict(False, "keep only keys the model has: load_state_dict(strict=False) would "
                             "ignore an extra key, but it is not loaded either.")

@@ -63,6 +63,8 @@ def _attention_mistake(args: tuple, mask: Optional[Tensor], how: str) -> tuple[T
     if how == "no_in_bias":
         b_in = torch.zeros_like(b_in)
     (w_q, w_k, w_v), (b_q, b_k, b_v) = w_in.chunk(3), b_in.chunk(3)
+    if how == "kqv_order":
+        (w_q, w_k, b_q, b_k) = (w_k, w_q, b_k, b_q)
 
     def project(x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
         return (x @ w if how == "w_not_transposed" else x @ w.T) + bias
@@ -87,12 +89,16 @@ def _attention_mistake(args: tuple, mask: Optional[Tensor], how: str) -> tuple[T
     weights = attn.sum(1) if how == "sum_heads" else attn.mean(1)          # (B, Lq, Lk)
     out = attn @ v                                                           # (B, H, Lq, D/H)
     out = out.reshape(b, lq, d) if how == "merge_no_transpose" else out.transpose(1, 2).reshape(b, lq, d)
+    if how == "no_out_bias":
+        b_out = torch.zeros_like(b_out)
     return (out if how == "no_out_proj" else out @ w_out.T + b_out), weights
 
 
 _WEIGHT_MISTAKES = [
     ("w_not_transposed", "project with F.linear(x, W_q, b_q), i.e. x @ W_q.T + b_q: nn.Linear's weight is "
                          "(out_features, in_features), so use its transpose."),
+    ("kqv_order", "in_proj_weight stacks the projections in the order q, k, v: rows 0 .. D-1 project the "
+                  "query, D .. 2D-1 the key, 2D .. 3D-1 the value."),
     ("no_in_bias", "add the in_proj biases (the three blocks of in_proj_bias) to the projections."),
     ("no_scale", "scale the scores by 1 / sqrt(D/H) (the head size) before the softmax."),
     ("scale_d", "scale by 1/sqrt(D/H), the head size, not by 1/sqrt(D): each head's dot product sums D/H "
@@ -113,6 +119,8 @@ _WEIGHT_MISTAKES = [
 _OUTPUT_MISTAKES = [
     ("merge_no_transpose", "merge the heads back with a transpose first: (B, H, Lq, D/H) -> (B, Lq, H, D/H) "
                            "-> (B, Lq, D); a reshape alone mixes heads and positions."),
+    ("no_out_bias", "add out_proj_bias after the output projection: F.linear(out, out_proj_weight, "
+                    "out_proj_bias)."),
     ("no_out_proj", "apply the output projection to the merged heads: F.linear(out, out_proj_weight, "
                     "out_proj_bias)."),
 ]
@@ -184,7 +192,8 @@ def _randomised(layer: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _ffn(layer: torch.nn.Module, x: Tensor, how: str) -> Tensor:
     hidden = layer.linear1(x)
-    return layer.linear2(hidden if how == "no_relu" else F.relu(hidden))
+    activation = {"no_relu": lambda t: t, "gelu": F.gelu}.get(how, F.relu)
+    return layer.linear2(activation(hidden))
 
 
 def _encoder_mistake(layer: TransformerEncoderLayer, src: Tensor, mask: Tensor, pos: Tensor, how: str) -> Tensor:
@@ -192,6 +201,7 @@ def _encoder_mistake(layer: TransformerEncoderLayer, src: Tensor, mask: Tensor, 
     pre_norm = layer.normalize_before != (how == "other_norm")
     x = layer.norm1(src) if pre_norm else src
     q = k = x if how == "no_pos" else x + pos
+    k = x if how == "keys_no_pos" else k
     v = x + pos if how == "pos_in_values" else x
     attended = layer.self_attn(q, k, v, {"no_mask": None, "mask_inverted": ~mask}.get(how, mask))[0]
     residual = None if how == "no_attn_residual" else (src + pos if how == "pos_in_residual" else src)
@@ -207,6 +217,7 @@ _ENCODER_MISTAKES = [
                    "layer.normalize_before. {formula}"),
     ("pos_in_values", "add pos to the queries and keys only; the values are src itself."),
     ("no_pos", "add the position encoding pos to the queries and keys."),
+    ("keys_no_pos", "add pos to the keys as well as the queries: q = k = src + pos (the values stay src)."),
     ("no_mask", "pass padding_mask to self_attn as the key padding mask."),
     ("mask_inverted", "the mask is the wrong way round: padding_mask is True on padding, the keys to hide; "
                       "pass it as it is."),
@@ -215,6 +226,7 @@ _ENCODER_MISTAKES = [
     ("no_attn_residual", "keep the residual connection around the attention: src + attn(...)."),
     ("no_ffn_residual", "keep the residual connection around the feed-forward block: src + ffn(...)."),
     ("no_relu", "the feed-forward block is linear2(relu(linear1(x))): a ReLU between the two linears."),
+    ("gelu", "DETR's feed-forward block uses ReLU, not GELU: linear2(relu(linear1(x)))."),
 ]
 
 
@@ -277,6 +289,7 @@ def _decoder_mistake(layer: TransformerDecoderLayer, tgt: Tensor, memory: Tensor
     if how != "no_self_attn":
         x = layer.norm1(tgt) if pre_norm else tgt
         q = k = x if how == "self_no_pos" else x + query_pos
+        k = x if how == "self_keys_no_pos" else k
         attended = layer.self_attn(q, k, x + query_pos if how == "self_values_with_pos" else x)[0]
         tgt = attended + (0 if how == "no_self_residual" else tgt)
         tgt = tgt if pre_norm else layer.norm1(tgt)
@@ -299,6 +312,8 @@ _DECODER_MISTAKES = [
     ("cross_values_with_pos", "the cross-attention values are memory itself; pos goes on the keys only."),
     ("cross_query_no_pos", "add query_pos to the cross-attention queries too: tgt + query_pos."),
     ("self_no_pos", "add query_pos to the self-attention queries and keys: tgt + query_pos."),
+    ("self_keys_no_pos", "add query_pos to the self-attention keys as well as its queries: q = k = tgt + "
+                         "query_pos."),
     ("self_values_with_pos", "the self-attention values are tgt itself; query_pos goes on the queries and "
                              "keys only."),
     ("no_mask", "pass memory_padding_mask to the cross-attention (multihead_attn) as the key padding mask."),
@@ -310,6 +325,7 @@ _DECODER_MISTAKES = [
     ("no_cross_residual", "keep the residual connection around the cross-attention: tgt + multihead_attn(...)."),
     ("no_ffn_residual", "keep the residual connection around the feed-forward block: tgt + ffn(...)."),
     ("no_relu", "the feed-forward block is linear2(relu(linear1(x))): a ReLU between the two linears."),
+    ("gelu", "DETR's feed-forward block uses ReLU, not GELU: linear2(relu(linear1(x)))."),
 ]
 
 
