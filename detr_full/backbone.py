@@ -63,11 +63,23 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    def affine(self) -> tuple[Tensor, Tensor]:
+        """The (1, C, 1, 1) scale and shift the statistics amount to, computed once and kept until a
+        buffer changes (a load, an in-place edit, a move to another device): 2 ops per call instead
+        of 13, which adds up to hundreds of kernel launches per step in a ResNet-50."""
+        key = (self.eps, *((t._version, t.data_ptr(), t.dtype) for t in
+                           (self.weight, self.bias, self.running_mean, self.running_var)))
+        if getattr(self, "_cached_key", None) != key:
+            scale = self.weight * (self.running_var + self.eps).rsqrt()     # (C,)
+            shift = self.bias - self.running_mean * scale                   # (C,)
+            self._cached = (scale[None, :, None, None], shift[None, :, None, None])
+            self._cached_key = key
+        return self._cached
+
     def forward(self, x: Tensor) -> Tensor:
         """x (B, C, H, W) -> (B, C, H, W)."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()     # (C,)
-        shift = self.bias - self.running_mean * scale                   # (C,)
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        scale, shift = self.affine()
+        return x * scale + shift
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from detr_full.backbone import build_backbone
 from detr_full.classification import ClassificationRule, SoftmaxClassification
-from detr_full.config import DETRConfig, check_config
+from detr_full.config import DETRConfig, check_config, uses_successors
 from detr_full.criterion import SetCriterion
 from detr_full.detr import DETR
 from detr_full.matcher import HungarianMatcher
@@ -23,15 +23,6 @@ from detr_full.successors.denoising import Denoising, denoising_weights
 from detr_full.successors.focal import SigmoidFocal
 from detr_full.successors.model import SuccessorDETR
 from detr_full.transformer import Transformer
-
-# DETRConfig fields whose non-default value asks for the successors' model
-SUCCESSOR_OPTIONS = ("num_query_groups", "spatial_prior", "dn_groups", "anchor_queries", "query_selection",
-                     "fine_memory", "conditional")
-
-
-def uses_successors(cfg: DETRConfig) -> bool:
-    return any(getattr(cfg, name) != getattr(DETRConfig, name) for name in SUCCESSOR_OPTIONS)
-
 
 def classification_rule(cfg: DETRConfig) -> ClassificationRule:
     """DETR's softmax with "no object", or the sigmoid focal rule (successors/focal.py)."""

@@ -94,6 +94,8 @@ class TrainConfig(DETRConfig):
     max_size: int = 1333                # longest side after resize
     val_size: int = 800                 # validation short side
     aspect_ratio_grouping: bool = False # batch images of similar aspect (less padding); official: random
+    pad_to: int = 1                     # pad every batch's height and width to a multiple of this (1: official);
+                                        # with cuda_graphs e.g. 128: fewer shapes, so batches share graphs
     backbone_in_loader: bool = False    # a frozen ResNet (lr_backbone 0) runs in the loader's workers, beside
                                         # the main process (CPU, 2 workers on 2 cores: 1.9x the steps/s)
     # Run
@@ -107,6 +109,10 @@ class TrainConfig(DETRConfig):
     diagnostics: bool = False           # log the val set's matching instability and box spread (diagnostics.py)
     num_workers: int = 2
     amp: bool = False                   # autocast (bf16 on GPU)
+    cuda_graphs: bool = False           # replay the model's forward and backward as CUDA graphs, one per batch
+                                        # shape (cuda_graphs.py; the official model only)
+    log_every: int = 0                  # read the logged values back from the device every N steps; 0 = auto:
+                                        # every step on the CPU (free there), every 20 on a GPU (each read waits)
     world_size: int = 1
     dist_url: str = "env://"
 
@@ -114,7 +120,14 @@ class TrainConfig(DETRConfig):
 C = TypeVar("C")
 
 PRETRAIN = "pretrain"                   # the pretrained_backbone value that asks for detr_full.pretrain's weights
+# DETRConfig fields whose non-default value asks for the successors' model (detr_full/successors/)
+SUCCESSOR_OPTIONS = ("num_query_groups", "spatial_prior", "dn_groups", "anchor_queries", "query_selection",
+                     "fine_memory", "conditional")
 PRETRAIN_TASKS = ("objects", "multilabel")
+
+
+def uses_successors(cfg: DETRConfig) -> bool:
+    return any(getattr(cfg, name) != getattr(DETRConfig, name) for name in SUCCESSOR_OPTIONS)
 
 
 class ConfigError(ValueError):
@@ -168,10 +181,16 @@ def check_training(cfg: TrainConfig) -> None:
         raise ConfigError(f"backbone_in_loader runs a copy of the ResNet in the loader's workers, so the ResNet "
                           f"must be frozen: set lr_backbone 0 (--lr_backbone 0; got {cfg.lr_backbone})"
                           + ("" if cfg.frozen_bn else " and frozen_bn=True (drop --no_frozen_bn)") + ".")
-    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0:
-        raise ConfigError(f"need batch_size >= 1, epochs >= 0, lr_drop >= 1 and warmup_steps >= 0; "
-                          f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}.")
+    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0 or cfg.log_every < 0:
+        raise ConfigError(f"need batch_size >= 1, epochs >= 0, lr_drop >= 1, warmup_steps >= 0 and log_every >= 0; "
+                          f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}, {cfg.log_every}.")
     parse_scales(cfg.scales)
+    if cfg.pad_to < 1:
+        raise ConfigError(f"pad_to must be >= 1 (1: pad to the largest image, as the official code); got {cfg.pad_to}.")
+    if cfg.cuda_graphs and (uses_successors(cfg) or cfg.backbone_in_loader):
+        on = [name for name in SUCCESSOR_OPTIONS + ("backbone_in_loader",) if getattr(cfg, name) != getattr(TrainConfig, name)]
+        raise ConfigError(f"cuda_graphs captures the official model's forward and backward: turn off {', '.join(on)} "
+                          "or cuda_graphs.")
 
 
 def parse_scales(text: Optional[str]) -> Optional[list[int]]:

@@ -13,7 +13,10 @@ For each decoder layer's readout: match predictions to targets, then
 Auxiliary layers get the same terms with suffix `_i`. Unlike the official code, the three losses
 are computed explicitly, not dispatched by name, targets are validated with a clear error, and
 the classification rule (classification.py: DETR's softmax with "no object", or a successor's)
-is an object the criterion is given.
+is an object the criterion is given. Every layer is matched in one call (one transfer to the host
+and one back, HungarianMatcher.match_layers), and nothing else is read back from the device: the
+number of boxes comes from the targets' lengths, and in training the targets' values are checked
+by the data pipeline, on the host (targets.py).
 """
 
 from __future__ import annotations
@@ -25,16 +28,34 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detr_full.box_ops import box_cxcywh_to_xyxy, paired_generalized_box_iou
+from detr_full.box_ops import box_cxcywh_to_xyxy, giou_broadcast
 from detr_full.classification import ClassificationRule, SoftmaxClassification
-from detr_full.matcher import HungarianMatcher
+from detr_full.matcher import HungarianMatcher, Matching, PaddedTargets
+from detr_full.targets import check_target_shapes, check_targets
+
+
+def box_terms(src_boxes: Tensor, target_boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """Paired (N, 4) cxcywh boxes -> their L1 distances (N, 4) and GIoU (N,). Predicted boxes (a sigmoid's
+    cxcywh) are valid by construction, target boxes are checked before (targets.py)."""
+    l1 = F.l1_loss(src_boxes, target_boxes, reduction="none")                              # (N, 4)
+    return l1, giou_broadcast(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))  # (N,)
 
 
 def box_losses(src_boxes: Tensor, target_boxes: Tensor, num_boxes: float | Tensor) -> tuple[Tensor, Tensor]:
     """L1 and 1 - GIoU between paired (N, 4) cxcywh boxes, each summed and divided by num_boxes."""
-    l1 = F.l1_loss(src_boxes, target_boxes, reduction="none").sum() / num_boxes
-    giou = paired_generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(target_boxes))  # (N,)
-    return l1, (1 - giou).sum() / num_boxes
+    l1, giou = box_terms(src_boxes, target_boxes)
+    return l1.sum() / num_boxes, (1 - giou).sum() / num_boxes
+
+
+def stacked_readouts(outputs: dict) -> tuple[Tensor, Tensor]:
+    """Every decoder layer's readout that `outputs` has, as (L, B, Q, K) logits and (L, B, Q, 4) boxes,
+    the last layer last: the model's own stack (`decoder_layers`) when it returns one, else stacked here."""
+    num_layers = 1 + len(outputs.get("aux_outputs", []))
+    if "decoder_layers" in outputs:
+        stacked = outputs["decoder_layers"]
+        return stacked["pred_logits"][-num_layers:], stacked["pred_boxes"][-num_layers:]
+    readouts = outputs.get("aux_outputs", []) + [outputs]
+    return (torch.stack([r["pred_logits"] for r in readouts]), torch.stack([r["pred_boxes"] for r in readouts]))
 
 
 class SetCriterion(nn.Module):
@@ -47,79 +68,95 @@ class SetCriterion(nn.Module):
         self.classification = classification or SoftmaxClassification(eos_coef)
         # the official `empty_weight`: 1 per class, eos_coef for "no object" (None when the rule weights no class)
         self.register_buffer("empty_weight", self.classification.class_weights(num_classes))
+        # read the targets' values to check them (targets.py); a training run turns it off: its data
+        # pipeline checks them on the host, where that costs nothing
+        self.validate_targets = True
 
     def check_targets(self, targets: list[dict]) -> None:
-        for i, t in enumerate(targets):
-            labels, boxes = t.get("labels"), t.get("boxes")
-            if labels is None or boxes is None:
-                raise ValueError(f"targets[{i}] needs 'labels' (T,) int64 and 'boxes' (T, 4) normalised cxcywh; "
-                                 f"it has keys {sorted(t)}.")
-            if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
-                raise ValueError(f"targets[{i}]: 'boxes' must be (T, 4) and 'labels' (T,); got "
-                                 f"{tuple(boxes.shape)} and {tuple(labels.shape)}.")
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(f"targets[{i}]['labels'] contains {labels.max().item()}, outside 0.."
-                                 f"{self.num_classes - 1}: num_classes must be the max category id + 1.")
-            if (boxes[:, 2:] < 0).any():
-                j = int((boxes[:, 2:] < 0).any(-1).nonzero()[0, 0])
-                raise ValueError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has a negative width or "
-                                 "height. Target boxes are normalised (cx, cy, w, h) with w, h >= 0; "
-                                 "drop degenerate boxes before training.")
+        """The targets' shapes always; their values (label range, box sizes) while `validate_targets`."""
+        if self.validate_targets:
+            check_targets(targets, self.num_classes)
+        else:
+            check_target_shapes(targets)
+
+    def num_boxes(self, targets: list[dict]) -> float:
+        """The number of target boxes per process (averaged over all processes), at least 1 (empty batches):
+        what the box losses are divided by. Counted from the targets' lengths, on the host."""
+        count = float(sum(len(t["labels"]) for t in targets))
+        if dist.is_available() and dist.is_initialized():
+            total = torch.tensor([count])
+            dist.all_reduce(total)
+            count = total.item() / dist.get_world_size()
+        return max(count, 1.0)
 
     def layer_losses(self, outputs: dict, targets: list[dict], indices: list[tuple[Tensor, Tensor]],
                      num_boxes: float, with_class_error: bool) -> dict[str, Tensor]:
-        """The loss terms of one decoder layer's readout, given its matching."""
-        logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]  # (B, Q, K), (B, Q, 4)
-        device = logits.device
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)  # (N,)
-        query_idx = torch.cat([q for q, _ in indices]).to(device)          # (N,)
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])  # (N,)
-        matched_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])    # (N, 4)
-
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
-        target_classes[batch_idx, query_idx] = matched_labels
-        losses = {"loss_ce": self.classification.loss(logits, target_classes, num_boxes, self.empty_weight)}
-        if with_class_error:
-            with torch.no_grad():
-                if len(matched_labels):
-                    correct = logits[batch_idx, query_idx].argmax(-1) == matched_labels
-                    losses["class_error"] = 100 - 100 * correct.float().mean()
-                else:  # nothing to classify counts as all wrong, as in the official code
-                    losses["class_error"] = torch.tensor(100.0, device=device)
-
-        src_boxes = pred_boxes[batch_idx, query_idx]                       # (N, 4)
-        losses["loss_bbox"], losses["loss_giou"] = box_losses(src_boxes, matched_boxes, num_boxes)
-
-        with torch.no_grad():
-            num_predicted = self.classification.is_object(logits).sum(1).float()     # (B,)
-            num_targets = torch.tensor([float(len(t["labels"])) for t in targets], device=device)
-            losses["cardinality_error"] = F.l1_loss(num_predicted, num_targets)
+        """The loss terms of one decoder layer's readout, given its matching in the official format (B pairs
+        (query_idx, target_idx), as HungarianMatcher.forward returns them)."""
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        padded = PaddedTargets.of(targets)
+        (losses,) = self.matched_losses(logits[None], boxes[None], padded, Matching.of(indices, logits.device),
+                                        num_boxes, with_class_error)
         return losses
 
-    def num_boxes(self, targets: list[dict], device: torch.device) -> float:
-        """The number of target boxes per process (averaged over all processes), at least 1 (empty batches):
-        what the box losses are divided by."""
-        num_boxes = torch.tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(num_boxes)
-            num_boxes = num_boxes / dist.get_world_size()
-        return num_boxes.clamp(min=1).item()
+    def matched_losses(self, logits: Tensor, pred_boxes: Tensor, targets: PaddedTargets, matching: Matching,
+                       num_boxes: float, with_class_error: bool) -> list[dict[str, Tensor]]:
+        """The loss terms of L readouts, logits (L, B, Q, K) and pred_boxes (L, B, Q, 4) cxcywh, one dict per
+        readout; class_error for the last one only (with_class_error). Every elementwise term is computed
+        once for all matched pairs of all readouts, then summed readout by readout."""
+        layer_idx, batch_idx, query_idx, target_idx, sizes = matching
+        num_layers = len(logits)
+        matched_labels = targets.labels[batch_idx, target_idx]                    # (N,)
+        target_classes = torch.full(logits.shape[:3], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes[layer_idx, batch_idx, query_idx] = matched_labels           # (L, B, Q), "no object" elsewhere
+        src_boxes = pred_boxes[layer_idx, batch_idx, query_idx]                    # (N, 4)
+        l1, giou = box_terms(src_boxes, targets.boxes[batch_idx, target_idx])     # (N, 4), (N,)
+        with torch.no_grad():                                                      # logged, never optimised
+            num_predicted = self.classification.is_object(logits).sum(-1).float()   # (L, B)
+            num_targets = torch.tensor(targets.sizes, dtype=torch.float, device=logits.device)   # (B,)
+            cardinality = (num_predicted - num_targets).abs().mean(-1)             # (L,)
+        class_error = None
+        if with_class_error:                                                       # the last readout's
+            start = len(matched_labels) - sizes[-1]
+            class_error = self.class_error(logits[-1], matching.layer(num_layers - 1), matched_labels[start:])
+        per_layer = []
+        for layer, l1_part, giou_part, card in zip(range(num_layers), l1.split(sizes), (1 - giou).split(sizes),
+                                                   cardinality):
+            losses = {"loss_ce": self.classification.loss(logits[layer], target_classes[layer], num_boxes,
+                                                          self.empty_weight)}
+            if class_error is not None and layer == num_layers - 1:
+                losses["class_error"] = class_error
+            losses.update(loss_bbox=l1_part.sum() / num_boxes, loss_giou=giou_part.sum() / num_boxes,
+                          cardinality_error=card)
+            per_layer.append(losses)
+        return per_layer
 
-    def readout_losses(self, outputs: dict, targets: list[dict], num_boxes: float) -> dict[str, Tensor]:
+    @torch.no_grad()
+    def class_error(self, logits: Tensor, matching: Matching, labels: Tensor) -> Tensor:
+        """100 - top-1 accuracy of the matched queries of one readout: logits (B, Q, K), labels (N,)."""
+        if not len(labels):         # nothing to classify counts as all wrong, as in the official code
+            return torch.tensor(100.0, device=logits.device)
+        correct = logits[matching.batch_idx, matching.query_idx].argmax(-1) == labels
+        return 100 - 100 * correct.float().mean()
+
+    def readout_losses(self, outputs: dict, targets: list[dict] | PaddedTargets, num_boxes: float
+                       ) -> dict[str, Tensor]:
         """The terms of the last decoder layer's readout, and with suffix `_i` of the earlier layers'."""
-        losses = self.layer_losses(outputs, targets, self.matcher(outputs, targets), num_boxes,
-                                   with_class_error=True)
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self.layer_losses(aux, targets, self.matcher(aux, targets), num_boxes,
-                                           with_class_error=False)
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        padded = targets if isinstance(targets, PaddedTargets) else PaddedTargets.of(targets)
+        logits, boxes = stacked_readouts(outputs)                                  # (L, B, Q, .)
+        matching = self.matcher.match_layers(logits, boxes, padded)                # every layer at once
+        *earlier, final = self.matched_losses(logits, boxes, padded, matching, num_boxes, with_class_error=True)
+        losses = dict(final)
+        for i, layer_losses in enumerate(earlier):
+            losses.update({f"{k}_{i}": v for k, v in layer_losses.items()})
         return losses
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
-        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs;
-        targets: B dicts with labels (T_b,) int64 and boxes (T_b, 4) normalised cxcywh."""
+        """outputs: pred_logits (B, Q, K), pred_boxes (B, Q, 4) cxcywh, optional aux_outputs (and the
+        model's decoder_layers stack); targets: B dicts with labels (T_b,) int64 and boxes (T_b, 4)
+        normalised cxcywh."""
         self.check_targets(targets)
-        return self.readout_losses(outputs, targets, self.num_boxes(targets, outputs["pred_logits"].device))
+        return self.readout_losses(outputs, targets, self.num_boxes(targets))
 
     def total_loss(self, losses: dict[str, Tensor]) -> Tensor:
         """The weighted sum that is back-propagated; class_error and cardinality_error have no weight."""

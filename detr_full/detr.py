@@ -78,18 +78,24 @@ class DETR(nn.Module):
         """images (B, 3, H, W); padding_mask (B, H, W), True on padding (None: no padding). `images` may
         also be the frozen ResNet's output, computed by the loader (`backbone_in_loader`).
         Returns pred_logits (B, Q, K) and pred_boxes (B, Q, 4) as cxcywh in [0, 1], plus
-        aux_outputs (one such dict per earlier decoder layer) when aux_loss."""
-        padding_mask = checked_padding_mask(images, padding_mask)
+        aux_outputs (one such dict per earlier decoder layer) when aux_loss, and decoder_layers: every
+        layer's, stacked (layers, B, Q, .)."""
+        return self.readouts(*self.decode(images, checked_padding_mask(images, padding_mask)))
+
+    def decode(self, images: Tensor | BackboneFeatures, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """-> every decoder layer's class logits (layers, B, Q, K) and boxes (layers, B, Q, 4)."""
         features, mask, pos = self.backbone(images, padding_mask)       # (B, C, h, w), (B, h, w), (B, D, h, w)
         hs = self.transformer(self.input_proj(features), mask, self.query_embed.weight, pos)[0]  # (layers, B, Q, D)
         logits = self.class_embed(hs)                                   # (layers, B, Q, K)
         boxes = self.bbox_embed(hs).sigmoid()                           # (layers, B, Q, 4)
-        return self.readouts(logits, boxes)
+        return logits, boxes
 
     def readouts(self, logits: Tensor, boxes: Tensor) -> dict:
         """Every decoder layer's (layers, B, Q, .) logits and boxes -> the output dict: the last layer's
-        pred_logits and pred_boxes, the others' as aux_outputs (with aux_loss)."""
+        pred_logits and pred_boxes, the others' as aux_outputs (with aux_loss), and all of them stacked
+        as decoder_layers (what the criterion matches in one call)."""
         out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        out["decoder_layers"] = {"pred_logits": logits, "pred_boxes": boxes}
         return out

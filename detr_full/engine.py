@@ -6,6 +6,10 @@ Differences from the official code:
   criterion output as `{k}_unscaled`, `class_error` and `lr`.
 - A non-finite loss raises `NonFiniteLossError` (naming the bad terms) instead of `sys.exit(1)`,
   so the caller decides what to keep; `train.py` leaves the last good checkpoint in place.
+- `log_every` > 1 (what a GPU run uses): the logged values add up on the device and are read every
+  `log_every` steps, so that the host does not wait for the device at every step. A fused AdamW then
+  skips a step whose loss is not finite on the device itself (its `found_inf`), and the error is
+  raised at the next read; with another optimizer the loss's finiteness is read at every step.
 - Evaluation gathers COCO-format detections to rank 0 and runs one plain pycocotools `COCOeval`
   (the official `CocoEvaluator` runs a print-free copy of `evaluate()` per batch, then merges).
   Evaluation with no detections at all gives zero / -1 stats instead of crashing in `loadRes`.
@@ -27,7 +31,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from detr_full.diagnostics import MatchingMonitor
-from detr_full.distributed import all_gather_object, all_reduce_sum, is_main_process, reduce_mean_dict
+from detr_full.distributed import (all_gather_object, all_reduce_sum, get_world_size, is_main_process,
+                                   reduce_mean_dict)
+from detr_full.matcher import NonFiniteCostError
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,8 +52,12 @@ class _Averager:
 
     def update(self, **values: float) -> None:
         for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-            self.counts[k] = self.counts.get(k, 0) + 1
+            self.add(k, float(v), 1)
+
+    def add(self, key: str, total: float, count: int) -> None:
+        """`count` iterations whose values of `key` sum to `total`."""
+        self.sums[key] = self.sums.get(key, 0.0) + total
+        self.counts[key] = self.counts.get(key, 0) + count
 
     def averages(self) -> dict[str, float]:
         # Every rank must contribute the same keys in the same order: gather the key lists first
@@ -61,10 +71,11 @@ class _Averager:
         return {k: (s / c if c > 0 else float("nan")) for k, s, c in zip(keys, *totals.tolist())}
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def _autocast(device: torch.device, enabled: bool, cache: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast; `cache=False` for a model whose forward is recorded as a CUDA graph (cuda_graphs.py)."""
     if not enabled:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def _to_float32(outputs: Any) -> Any:
@@ -132,44 +143,94 @@ def _weighted_terms(loss_dict: dict[str, Tensor], weight_dict: dict[str, float])
     return {k: v * weight_dict[k] for k, v in loss_dict.items() if k in weight_dict}
 
 
+class _DeviceLog:
+    """The logged values of the steps since the last read, summed on the device (`log_every` > 1)."""
+
+    def __init__(self) -> None:
+        self.keys: Optional[list[str]] = None
+        self.sums: Optional[Tensor] = None
+        self.lrs: list[float] = []                   # the lr is known on the host
+        self.first_bad: Optional[Tensor] = None      # the first step of the window whose loss was not finite, or -1
+
+    def add(self, values: dict[str, Tensor], finite: Tensor, step: int, lr: float) -> None:
+        keys = sorted(values)
+        stacked = torch.stack([values[k].detach().reshape(()).double() for k in keys])   # (n_keys,)
+        if self.sums is None:
+            self.keys, self.sums = keys, stacked
+            self.first_bad = torch.full((), -1, dtype=torch.int64, device=stacked.device)
+        else:
+            self.sums = self.sums + stacked
+        self.first_bad = torch.where(~finite & (self.first_bad < 0), step, self.first_bad)
+        self.lrs.append(lr)
+
+    def read(self) -> tuple[dict[str, float], int, list[float], int]:
+        """-> the sums per key, the number of steps, their lrs, the first non-finite step (-1: none); resets."""
+        values = dict(zip(self.keys, self.sums.tolist())) if self.sums is not None else {}   # the one read
+        first_bad = int(self.first_bad) if self.first_bad is not None else -1
+        lrs = self.lrs
+        self.__init__()
+        return values, len(lrs), lrs, first_bad
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device | str, epoch: int, max_norm: float = 0.0,
                     scheduler_step: Optional[Callable[[], Any]] = None, amp: bool = False,
-                    progress: bool = True) -> dict[str, float]:
+                    progress: bool = True, log_every: int = 1) -> dict[str, float]:
     """Train for one pass over `loader`; return global averages of the logged values.
 
     `loader` yields `(images (B,3,H,W), padding_mask (B,H,W) True on padding, targets)`, targets with
     `labels` (T,) and `boxes` (T,4) normalised cxcywh. `scheduler_step` (e.g. a warm-up) is called
     after every optimizer step. Returned keys: `loss`, the weighted terms (`loss_ce`, ...),
-    `{k}_unscaled` for every criterion output, `class_error`, `lr`.
-    Raises `NonFiniteLossError` before the update when the outputs or the loss are NaN/inf.
+    `{k}_unscaled` for every criterion output, `class_error`, `lr`. `log_every`: read the logged values
+    back from the device every this many steps (1: every step, and every check before the update).
+    Raises `NonFiniteLossError` when the outputs or the loss are NaN/inf; the update of that step is
+    never applied.
     """
     device = torch.device(device)
     model.train()
     criterion.train()
     weight_dict = criterion.weight_dict
     meters = _Averager()
-    with tqdm(loader, desc=f"Epoch {epoch}", disable=not (progress and is_main_process()),
-              dynamic_ncols=True) as bar:
+    window = _DeviceLog()
+    skips_on_device = log_every > 1 and bool(optimizer.defaults.get("fused"))   # found_inf: a fused AdamW's skip
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    cache_casts = not getattr(inner, "uses_graphs", False)
+    bar = tqdm(loader, desc=f"Epoch {epoch}", disable=not (progress and is_main_process()), dynamic_ncols=True)
+    try:
         for it, batch in enumerate(bar):
+            where = f"at epoch {epoch}, iteration {it}"
             images, padding_mask, targets = _to_device(batch, device)
-            with _autocast(device, amp):
+            with _autocast(device, amp, cache_casts):
                 outputs = _to_float32(_forward(model, images, padding_mask, targets))
-            _check_finite_outputs(outputs, f"at epoch {epoch}, iteration {it}")
-            loss_dict = criterion(outputs, targets)
+            if log_every == 1:
+                _check_finite_outputs(outputs, where)
+            try:
+                loss_dict = criterion(outputs, targets)
+            except NonFiniteCostError as e:                 # the matching read the outputs: they are not finite
+                raise NonFiniteLossError(f"Non-finite model outputs {where}: {e} {_ADVICE}") from None
             loss = sum(_weighted_terms(loss_dict, weight_dict).values())
-
-            # Decide on what all ranks see (the official reduce_dict): they all stop together.
-            reduced = reduce_mean_dict(loss_dict)
-            reduced_scaled = _weighted_terms(reduced, weight_dict)
-            loss_value = float(sum(reduced_scaled.values()))
-            if not math.isfinite(loss_value):
-                bad = [k for k, v in reduced.items() if not math.isfinite(float(v))]
-                raise NonFiniteLossError(
-                    f"Non-finite training loss {loss_value} at epoch {epoch}, iteration {it}: non-finite "
-                    f"terms {bad or '(none: the weighted sum overflowed)'}. The update was not applied. {_ADVICE}")
-
             lr = optimizer.param_groups[0]["lr"]  # the lr this step uses (differs from after it during warm-up)
+
+            if log_every == 1:
+                # Decide on what all ranks see (the official reduce_dict): they all stop together.
+                reduced = reduce_mean_dict(loss_dict)
+                reduced_scaled = _weighted_terms(reduced, weight_dict)
+                loss_value = float(sum(reduced_scaled.values()))
+                if not math.isfinite(loss_value):
+                    bad = [k for k, v in reduced.items() if not math.isfinite(float(v))]
+                    raise NonFiniteLossError(
+                        f"Non-finite training loss {loss_value} {where}: non-finite terms "
+                        f"{bad or '(none: the weighted sum overflowed)'}. The update was not applied. {_ADVICE}")
+            else:
+                finite = torch.isfinite(loss.detach())
+                if get_world_size() > 1:                    # every rank skips, or none: the minimum
+                    finite = all_reduce_sum((~finite).float().reshape(1))[0] == 0
+                if skips_on_device:
+                    optimizer.found_inf = (~finite).float()   # the fused step does nothing where it is 1
+                elif not finite:                             # one read per step: no bad update is applied
+                    raise NonFiniteLossError(f"Non-finite training loss {where}. The update was not applied. "
+                                             f"{_ADVICE}")
+
             optimizer.zero_grad()
             loss.backward()
             if max_norm > 0:
@@ -178,13 +239,44 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             if scheduler_step is not None:
                 scheduler_step()
 
-            class_error = float(reduced["class_error"]) if "class_error" in reduced else float("nan")
-            meters.update(loss=loss_value, **{k: float(v) for k, v in reduced_scaled.items()},
-                          **{f"{k}_unscaled": float(v) for k, v in reduced.items()},
-                          class_error=class_error, lr=lr)
-            bar.set_postfix(loss=f"{loss_value:.4f}", class_error=f"{class_error:.2f}", lr=f"{lr:.2e}",
-                            refresh=False)
+            if log_every == 1:
+                class_error = float(reduced["class_error"]) if "class_error" in reduced else float("nan")
+                meters.update(loss=loss_value, **{k: float(v) for k, v in reduced_scaled.items()},
+                              **{f"{k}_unscaled": float(v) for k, v in reduced.items()},
+                              class_error=class_error, lr=lr)
+                bar.set_postfix(loss=f"{loss_value:.4f}", class_error=f"{class_error:.2f}", lr=f"{lr:.2e}",
+                                refresh=False)
+            else:
+                window.add({"loss": loss, **{f"{k}_unscaled": v for k, v in loss_dict.items()},
+                            **_weighted_terms(loss_dict, weight_dict)}, finite, it, lr)
+                if (it + 1) % log_every == 0:
+                    _read_window(window, meters, bar, epoch)
+        if log_every > 1:
+            _read_window(window, meters, bar, epoch)
+    finally:
+        bar.close()
+        if skips_on_device:
+            optimizer.found_inf = None                    # later steps (another loop's) are not to be skipped
     return meters.averages()
+
+
+def _read_window(window: _DeviceLog, meters: _Averager, bar: tqdm, epoch: int) -> None:
+    """Read a window of steps back from the device into the averages; raise if one was not finite."""
+    sums, steps, lrs, first_bad = window.read()
+    if not steps:
+        return
+    if first_bad >= 0:
+        raise NonFiniteLossError(f"Non-finite training loss at epoch {epoch}, iteration {first_bad}; its update "
+                                 f"was skipped, and the weights hold the last finite step's. {_ADVICE}")
+    if get_world_size() > 1:
+        keys = sorted(sums)
+        totals = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)) / get_world_size()
+        sums = dict(zip(keys, totals.tolist()))
+    for k, total in sums.items():
+        meters.add(k, total, steps)
+    meters.add("class_error", sums.get("class_error_unscaled", float("nan") * steps), steps)
+    meters.add("lr", sum(lrs), steps)
+    bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{lrs[-1]:.2e}", refresh=False)
 
 
 def coco_results(results: list[dict[str, Tensor]], targets: list[dict[str, Tensor]]) -> dict[int, list[dict]]:

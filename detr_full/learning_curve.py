@@ -81,7 +81,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
         n = min(eval_every, steps - done)
         c0, w0 = time.process_time(), time.perf_counter()
         train_stats = train_one_epoch(model, criterion, itertools.islice(batches, n), run.optimizer, device, epoch=0,
-                                      max_norm=cfg.clip_max_norm, scheduler_step=run.warmup.step, progress=False)
+                                      max_norm=cfg.clip_max_norm, scheduler_step=run.warmup.step, progress=False,
+                                      log_every=run.log_every)
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
         done += n

@@ -71,17 +71,19 @@ class Run:
     lr_scheduler: torch.optim.lr_scheduler.StepLR
     warmup: LinearWarmup
     loader_features: Optional[Callable[[Tensor, Tensor], Any]]  # what the loader's workers run (backbone_in_loader)
+    log_every: int                      # train_one_epoch's: read the logged values back every N steps
     pretrain_wall_s: float = 0.0        # the backbone pretraining this setup ran (0: cached or none)
     pretrain_cpu_s: float = 0.0
 
     def train_loader(self, epoch: int, distributed: bool = False, dataset=None):
-        """The training batches of `epoch` (of `dataset`, default the train split)."""
+        """The training batches of `epoch` (of `dataset`, default the train split), in pinned memory for a GPU."""
         return train_loader(self.train_set if dataset is None else dataset, self.cfg, epoch, distributed,
-                            self.loader_features)
+                            self.loader_features, pin_memory=self.device.type == "cuda")
 
     def val_loader(self, distributed: bool = False, dataset=None):
         """The validation batches (of `dataset`, default the val split)."""
-        return val_loader(self.val_set if dataset is None else dataset, self.cfg, distributed, self.loader_features)
+        return val_loader(self.val_set if dataset is None else dataset, self.cfg, distributed, self.loader_features,
+                          pin_memory=self.device.type == "cuda")
 
 
 def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, device: Optional[torch.device] = None,
@@ -106,7 +108,7 @@ def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, devic
     val_set = dataset_for(cfg, "val", coco_path)
     train_set = None if cfg.eval else dataset_for(cfg, "train", coco_path)
     reference_set = val_set if train_set is None else train_set
-    needed = num_classes_of(reference_set)
+    needed = max(num_classes_of(split) for split in (val_set, train_set) if split is not None)   # max id + 1
     if derive_num_classes is None:
         derive_num_classes = cfg.num_classes == TrainConfig.num_classes
     if derive_num_classes:
@@ -128,6 +130,7 @@ def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, devic
 
     seed_everything(cfg.seed + get_rank())      # whatever happened above leaves no trace in the run
     model, criterion, postprocess = build_detr(model_config(cfg))
+    criterion.validate_targets = False          # the loaders' collate checks them on the host (targets.py)
     model.to(device)
     criterion.to(device)
     optimizer = build_optimizer(model, cfg)
@@ -136,6 +139,7 @@ def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, devic
                postprocess=postprocess, optimizer=optimizer,
                lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop),
                warmup=LinearWarmup(optimizer, cfg.warmup_steps), loader_features=loader_features(cfg, model, device),
+               log_every=cfg.log_every or (20 if device.type == "cuda" else 1),   # reads are free on the CPU
                pretrain_wall_s=pretrain_wall, pretrain_cpu_s=pretrain_cpu)
 
 

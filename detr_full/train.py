@@ -48,6 +48,7 @@ from torch import nn
 
 from detr_full.checkpoint import CheckpointError, load_checkpoint, load_model_weights, save_checkpoint
 from detr_full.config import RECIPES, ConfigError, TrainConfig, config_from_args
+from detr_full.cuda_graphs import GraphedDETR
 from detr_full.data.coco import DatasetError, coco_api
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
@@ -118,6 +119,10 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     optimizer, lr_scheduler, warmup = run.optimizer, run.lr_scheduler, run.warmup
     coco_gt = coco_api(run.val_set)
     model = model_without_ddp
+    if cfg.cuda_graphs and device.type == "cuda" and not distributed:
+        model = GraphedDETR(model_without_ddp)
+    elif cfg.cuda_graphs:
+        log("Note: --cuda_graphs needs one CUDA device (no torchrun); training runs eagerly.")
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
@@ -176,7 +181,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                               f"--batch_size {cfg.batch_size}; with drop_last there is no batch to train on. "
                               "Lower --batch_size.")
         train_stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, cfg.clip_max_norm,
-                                      scheduler_step=warmup.step if cfg.warmup_steps > 0 else None, amp=cfg.amp)
+                                      scheduler_step=warmup.step if cfg.warmup_steps > 0 else None, amp=cfg.amp,
+                                      log_every=run.log_every)
         lr_scheduler.step()
 
         # Evaluation must not shift the random streams, or a resumed run (which skips it) would differ.

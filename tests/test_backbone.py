@@ -77,3 +77,22 @@ def test_random_init_options_train_everything_at_stride_16():
     assert features.shape == (2, 256, 4, 6) and mask.shape == (2, 4, 6)
     with pytest.raises(ValueError, match="stride"):
         Backbone("resnet18", stride=4)
+
+
+def test_frozen_bn_keeps_its_affine_until_a_buffer_changes():
+    def direct(m, x):                                                    # the official formula, every call
+        scale = m.weight * (m.running_var + m.eps).rsqrt()
+        return x * scale[None, :, None, None] + (m.bias - m.running_mean * scale)[None, :, None, None]
+
+    bn = FrozenBatchNorm2d(3)
+    bn.running_var.copy_(torch.tensor([1.0, 4.0, 0.25]))
+    x = torch.randn(2, 3, 4, 4)
+    assert torch.equal(bn(x), direct(bn, x))                             # bit for bit: the same ops, once
+    assert bn.affine()[0] is bn.affine()[0]                              # computed once
+    bn.running_mean.add_(1.0)                                            # an in-place edit
+    assert torch.equal(bn(x), direct(bn, x))
+    bn.load_state_dict({"weight": torch.full((3,), 2.0), "bias": torch.ones(3), "running_mean": torch.zeros(3),
+                        "running_var": torch.ones(3)})
+    assert torch.equal(bn(x), direct(bn, x))
+    bn.double()                                                          # a move to another dtype
+    assert bn(x.double()).dtype == torch.float64 and torch.equal(bn(x.double()), direct(bn, x.double()))

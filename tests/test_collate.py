@@ -31,11 +31,26 @@ def test_same_size_images_have_no_padding():
     assert tensors.shape == (3, 3, 5, 6) and not padding_mask.any()
 
 
+def _target(labels, boxes, image_id=0):
+    return {"labels": torch.tensor(labels, dtype=torch.int64), "boxes": torch.tensor(boxes).reshape(-1, 4),
+            "image_id": torch.tensor([image_id])}
+
+
 def test_collate_fn_returns_images_mask_targets():
-    batch = [(torch.rand(3, 4, 5), {"labels": torch.tensor([1])}), (torch.rand(3, 6, 2), {"labels": torch.tensor([])})]
+    batch = [(torch.rand(3, 4, 5), _target([1], [[.5, .5, .2, .2]])), (torch.rand(3, 6, 2), _target([], []))]
     images, padding_mask, targets = collate_fn(batch)
     assert images.shape == (2, 3, 6, 5) and padding_mask.shape == (2, 6, 5)
     assert isinstance(targets, list) and targets[0] is batch[0][1] and targets[1] is batch[1][1]
+
+
+def test_collate_fn_checks_the_targets_on_the_host_naming_the_image():
+    good = (torch.rand(3, 4, 5), _target([1], [[.5, .5, .2, .2]], image_id=7))
+    with pytest.raises(ValueError, match=r"targets\[1\] \(image id 12\)\['boxes'\]\[0\].*negative width"):
+        collate_fn([good, (torch.rand(3, 4, 5), _target([2], [[.5, .5, -.2, .2]], image_id=12))])
+    with pytest.raises(ValueError, match=r"targets\[0\] \(image id 3\)\['labels'\] contains -1"):
+        collate_fn([(torch.rand(3, 4, 5), _target([-1], [[.5, .5, .2, .2]], image_id=3)), good])
+    with pytest.raises(ValueError, match="needs 'labels'"):
+        collate_fn([(torch.rand(3, 4, 5), {"boxes": torch.zeros(0, 4)})])
 
 
 def test_pad_images_rejects_bad_input():
@@ -55,8 +70,7 @@ def _tiny_detr(lr_backbone: float = 0.0):
 
 def test_backbone_collate_gives_detr_the_features_it_would_compute():
     model = _tiny_detr()
-    batch = [(torch.randn(3, 40, 56), {"labels": torch.tensor([1])}),
-             (torch.randn(3, 64, 32), {"labels": torch.tensor([])})]
+    batch = [(torch.randn(3, 40, 56), _target([1], [[.5, .5, .2, .2]])), (torch.randn(3, 64, 32), _target([], []))]
     images, padding_mask, targets = collate_fn(batch)
     features, pixel_mask, targets_b = BackboneCollate(model.backbone[0].run)(batch)
     assert isinstance(features, BackboneFeatures) and features.features.shape == (2, 256, 4, 4)

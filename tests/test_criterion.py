@@ -98,3 +98,56 @@ def test_bad_targets_raise_clear_errors():
     targets[0]["labels"] = torch.tensor([1, 9])
     with pytest.raises(ValueError, match="max category id \\+ 1"):
         criterion(outputs, targets)
+
+
+def test_matching_every_layer_at_once_gives_the_per_layer_losses_bit_for_bit():
+    """readout_losses matches all layers in one call; each layer's terms equal those of its own matching."""
+    criterion = _criterion(4, {})
+    torch.manual_seed(3)
+    layers = [_batch()[0] for _ in range(3)]
+    _, targets = _batch()
+    outputs = {**layers[-1], "aux_outputs": layers[:-1]}
+    losses = criterion(outputs, targets)
+    num_boxes = criterion.num_boxes(targets)
+    for i, readout in enumerate(layers):
+        suffix = "" if i == 2 else f"_{i}"
+        expected = criterion.layer_losses(readout, targets, criterion.matcher(readout, targets), num_boxes,
+                                          with_class_error=i == 2)
+        for k, v in expected.items():
+            assert torch.equal(losses[f"{k}{suffix}"], v), (k, suffix)
+
+
+def test_targets_are_checked_only_while_validate_targets():
+    criterion = _criterion(4, {})
+    outputs, targets = _batch()
+    targets[0]["labels"] = torch.tensor([1, 9])
+    criterion.validate_targets = False                      # a training run: its collate checked them on the host
+    with pytest.raises(RuntimeError, match="out of bounds"):  # unchecked: torch itself fails on the bad label
+        criterion(outputs, targets)
+    targets[0]["boxes"] = torch.zeros(3, 4)
+    with pytest.raises(ValueError, match="'boxes' must be \\(T, 4\\) and 'labels' \\(T,\\)"):   # shapes: always
+        criterion(outputs, targets)
+
+
+def test_the_criterion_of_six_decoder_layers_is_under_300_ops():
+    """Every elementwise term is computed once for all layers' matched pairs: the op count (each one a kernel
+    launch on a GPU) hardly grows with the number of layers (benchmarks/step_anatomy.py: the whole step)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    criterion = _criterion(91, {})
+    criterion.validate_targets = False
+    layers = [{"pred_logits": torch.randn(4, 100, 92), "pred_boxes": torch.rand(4, 100, 4) * 0.4 + 0.2}
+              for _ in range(6)]
+    outputs = {**layers[-1], "aux_outputs": layers[:-1]}
+    targets = [{"labels": torch.randint(1, 91, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.2} for n in (5, 6, 7, 8)]
+    with Count():
+        criterion(outputs, targets)
+    assert Count.ops <= 300, Count.ops

@@ -160,3 +160,119 @@ def test_log_lines_plots_and_last_good_checkpoint(shapes, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert "Training stopped: Non-finite training loss" in err and "Traceback" not in err
     assert (out / "checkpoint.pth").read_bytes() == good
+
+
+class _NaNAtStep(nn.Module):
+    """The real criterion, whose loss_bbox is NaN at the given calls (0-based)."""
+
+    def __init__(self, criterion, bad_calls):
+        super().__init__()
+        self.criterion, self.weight_dict, self.bad_calls, self.calls = criterion, criterion.weight_dict, bad_calls, 0
+
+    def forward(self, outputs, targets):
+        losses = self.criterion(outputs, targets)
+        if self.calls in self.bad_calls:
+            losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
+        self.calls += 1
+        return losses
+
+
+def test_reading_every_n_steps_trains_the_same_weights_and_logs_the_same_averages(shapes):
+    runs = []
+    for log_every in (1, 3):
+        torch.manual_seed(0)
+        model, criterion, _, train_loader, _, _, optimizer = tiny_setup(shapes)
+        stats = train_one_epoch(model, criterion, train_loader, optimizer, "cpu", epoch=0, max_norm=0.1,
+                                progress=False, log_every=log_every)
+        runs.append((stats, model.state_dict()))
+    (stats_1, weights_1), (stats_3, weights_3) = runs
+    assert all(torch.equal(weights_1[k], weights_3[k]) for k in weights_1)          # the logging changes nothing
+    assert stats_1.keys() == stats_3.keys()
+    for k in stats_1:
+        assert stats_3[k] == pytest.approx(stats_1[k], rel=1e-6), k                  # 4 steps: windows of 3 and 1
+
+
+def test_a_fused_optimizer_skips_a_non_finite_step_on_the_device(shapes):
+    """log_every > 1 with a fused AdamW: the bad step's update is never applied (found_inf), the next steps
+    are, and the error arrives at the next read, naming the bad step."""
+    torch.manual_seed(0)
+    model, criterion, _, train_loader, _, _, _ = tiny_setup(shapes)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="epoch 2, iteration 1; its update was skipped"):
+        train_one_epoch(model, _NaNAtStep(criterion, {1}), train_loader, optimizer, "cpu", epoch=2, progress=False,
+                        log_every=4)
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    assert optimizer.found_inf is None
+    steps = {int(s["step"]) for s in optimizer.state.values()}
+    assert steps == {3}                                   # 4 steps, the bad one skipped (AdamW's step count too)
+    assert not all(torch.equal(reference[k], v) for k, v in model.state_dict().items())
+
+
+def test_without_a_fused_optimizer_the_loss_is_read_every_step(shapes):
+    torch.manual_seed(0)
+    model, criterion, _, train_loader, _, _, optimizer = tiny_setup(shapes)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, iteration 2. The update was not applied"):
+        train_one_epoch(model, _NaNAtStep(criterion, {2}), train_loader, optimizer, "cpu", epoch=0, progress=False,
+                        log_every=4)
+    assert {int(s["step"]) for s in optimizer.state.values()} == {2}
+
+
+def _count_reads(fn, optimizer):
+    """Run fn; count the values read from tensors to the host outside optimizer.step (whose step counters
+    live on the host): item()/bool()/float()/int() (aten._local_scalar_dense), .tolist() and .numpy(),
+    each of which would make the host wait for a GPU."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    counts = {"reads": 0, "in_step": False}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default and not counts["in_step"]:
+                counts["reads"] += 1
+            return func(*args, **(kwargs or {}))
+
+    originals = {name: getattr(torch.Tensor, name) for name in ("tolist", "numpy")}
+
+    def counted(name):
+        def method(self, *args, **kwargs):
+            counts["reads"] += 0 if counts["in_step"] else 1
+            return originals[name](self, *args, **kwargs)
+        return method
+
+    step = optimizer.step
+
+    def uncounted_step(*args, **kwargs):
+        counts["in_step"] = True
+        try:
+            return step(*args, **kwargs)
+        finally:
+            counts["in_step"] = False
+
+    try:
+        optimizer.step = uncounted_step
+        for name in originals:
+            setattr(torch.Tensor, name, counted(name))
+        with Count():
+            fn()
+    finally:
+        del optimizer.step
+        for name, method in originals.items():
+            setattr(torch.Tensor, name, method)
+    return counts["reads"]
+
+
+def test_a_training_step_reads_back_twice_at_most(shapes):
+    """The matching's cost to the host (1) and, with a non-fused optimizer, the loss's finiteness (1) per step;
+    the logged values and the first bad step once per log_every steps (2); the epoch's averages once (1: a
+    host tensor, counted here all the same)."""
+    torch.manual_seed(0)
+    model, criterion, _, train_loader, _, _, optimizer = tiny_setup(shapes)
+    criterion.validate_targets = False                    # as a training run's (its collate checked the targets)
+    batches = list(train_loader)                          # 4 batches, loaded (and checked) outside the count
+    run = lambda: train_one_epoch(model, criterion, batches, optimizer, "cpu", epoch=0,  # noqa: E731
+                                  progress=False, log_every=4)
+    assert _count_reads(run, optimizer) == 2 * 4 + 2 + 1
+    fused = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+    run = lambda: train_one_epoch(model, criterion, batches, fused, "cpu", epoch=0,  # noqa: E731
+                                  progress=False, log_every=4)
+    assert _count_reads(run, fused) == 4 + 2 + 1           # the fused optimizer checks the loss on the device

@@ -61,7 +61,8 @@ def test_the_loader_gives_the_model_the_fine_level():
     model, _, _ = build_detr(TINY)
     model.eval()
     images, mask = images_and_mask()
-    batch = [(images[i, :, :, :w], {}) for i, w in enumerate((128, 80))]
+    empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
+    batch = [(images[i, :, :, :w], empty) for i, w in enumerate((128, 80))]
     features, padding_mask, _ = BackboneCollate(model.backbone[0].run)(batch)
     assert features.fine is not None
     with torch.no_grad():

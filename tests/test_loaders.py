@@ -43,5 +43,5 @@ def test_the_collate_runs_the_features_it_is_given():
     assert batch_collate(None) is collate_fn
     collate = batch_collate(lambda images, mask: images.mean())
     assert isinstance(collate, BackboneCollate)
-    features, _, _ = collate([(torch.ones(3, 4, 4), {"labels": torch.tensor([1])})])
+    features, _, _ = collate([(torch.ones(3, 4, 4), {"labels": torch.tensor([1]), "boxes": torch.full((1, 4), .5)})])
     assert features == 1.0

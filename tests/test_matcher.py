@@ -77,3 +77,44 @@ def test_more_targets_than_queries_matches_every_query():
     outputs, targets = _random_batch([8], num_queries=5)
     q, t = HungarianMatcher()(outputs, targets)[0]
     assert torch.equal(q, torch.arange(5)) and len(set(t.tolist())) == 5
+
+
+def test_matching_every_layer_at_once_equals_matching_each_on_its_own():
+    """One cost for (L, B, Q, T), one transfer: the same assignment per layer and image as `forward`,
+    empty images, more targets than queries and ties included."""
+    matcher = HungarianMatcher(1, 5, 2)
+    for sizes, num_queries in (([3, 0, 5, 1], 6), ([7, 2], 4), ([0, 0], 3)):
+        layers = [_random_batch(sizes, num_queries) for _ in range(3)]
+        targets = layers[0][1]
+        logits = torch.stack([out["pred_logits"] for out, _ in layers])           # (L, B, Q, K)
+        boxes = torch.stack([out["pred_boxes"] for out, _ in layers])             # (L, B, Q, 4)
+        matching = matcher.match_layers(logits, boxes, targets)
+        assert len(matching.sizes) == 3
+        for layer in range(3):
+            expected = matcher({"pred_logits": logits[layer], "pred_boxes": boxes[layer]}, targets)
+            _assert_same(matching.layer(layer).per_image([len(t["labels"]) for t in targets], num_queries), expected)
+    # ties: every query predicts the same class and box, so every assignment costs the same
+    tied = {"pred_logits": torch.zeros(2, 5, 6), "pred_boxes": torch.full((2, 5, 4), 0.5)}
+    _, targets = _random_batch([3, 2], 5)
+    matching = matcher.match_layers(tied["pred_logits"][None], tied["pred_boxes"][None], targets)
+    _assert_same(matching.per_image([3, 2], 5), matcher(tied, targets))
+
+
+def test_golden_indices_of_every_layer_in_one_call(golden):
+    outputs, targets, ref = golden["outputs"], golden["targets"], golden["matcher"]
+    readouts = outputs["aux_outputs"] + [outputs]
+    matching = HungarianMatcher(**ref["costs"]).match_layers(
+        torch.stack([r["pred_logits"] for r in readouts]), torch.stack([r["pred_boxes"] for r in readouts]), targets)
+    sizes, num_queries = [len(t["labels"]) for t in targets], outputs["pred_logits"].shape[1]
+    for layer, expected in enumerate(ref["aux_indices"] + [ref["indices"]]):
+        _assert_same(matching.layer(layer).per_image(sizes, num_queries), expected)
+
+
+def test_non_finite_outputs_are_a_clear_error():
+    import pytest
+
+    from detr_full.matcher import NonFiniteCostError
+    outputs, targets = _random_batch([2])
+    outputs["pred_boxes"][0, 1, 0] = float("nan")
+    with pytest.raises(NonFiniteCostError, match="NaN or inf"):
+        HungarianMatcher(1, 5, 2)(outputs, targets)

@@ -43,3 +43,25 @@ def test_linear_warmup_composes_with_step_lr():
     assert lrs == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-5, 1e-5, 1e-5], rel=1e-9)
     # After the warm-up the lrs are exactly StepLR's own (no rounding drift from the factors).
     assert _lrs(warmup_steps=2, drop_at=4)[1][2:] == _lrs(warmup_steps=0, drop_at=4)[1][2:]
+
+
+def test_the_fused_adamw_agrees_with_the_default_within_float_rounding():
+    """On a GPU build_optimizer takes the fused AdamW; here both run on the CPU, 20 steps on the same grads."""
+    torch.manual_seed(0)
+    small = DETRConfig(backbone="resnet18", hidden_dim=32, enc_layers=1, dec_layers=1, dim_feedforward=64, nheads=2,
+                       num_queries=5, num_classes=3, dropout=0.0)
+    model, twin = build_detr(small)[0], build_detr(small)[0]
+    twin.load_state_dict(model.state_dict())
+    cfg = TrainConfig(lr=1e-3, lr_backbone=1e-4, weight_decay=1e-4)
+    default = build_optimizer(model, cfg)
+    assert not default.defaults["fused"]                                 # on the CPU: the default implementation
+    fused = torch.optim.AdamW(build_optimizer(twin, cfg).param_groups, fused=True)
+    images = torch.randn(2, 3, 64, 64)
+    for _ in range(20):
+        for net, optimizer in ((model, default), (twin, fused)):
+            optimizer.zero_grad()
+            out = net(images)
+            (out["pred_logits"].square().mean() + out["pred_boxes"].sum()).backward()
+            optimizer.step()
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)

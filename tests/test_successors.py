@@ -20,7 +20,7 @@ def test_every_option_off_is_detr_on_the_golden_fixture(golden_model, golden):
     inp = golden["inputs"]
     with torch.no_grad():
         ours, official = composed(inp["tensors"], inp["mask"]), golden_model(inp["tensors"], inp["mask"])
-    assert set(ours) == set(official) == {"pred_logits", "pred_boxes", "aux_outputs"}
+    assert set(ours) == set(official) == {"pred_logits", "pred_boxes", "aux_outputs", "decoder_layers"}
     for key in ("pred_logits", "pred_boxes"):
         assert torch.equal(ours[key], official[key])
         assert torch.equal(ours["aux_outputs"][-1][key], official["aux_outputs"][-1][key])

@@ -21,7 +21,7 @@ How to add an option (Conditional DETR's conditional spatial query, conditional.
 2. Register it: a DETRConfig field (config.py, off by default, with a comment), its rules (which
    options it needs or excludes) in config.check_config, the construction line in
    SuccessorDETR.__init__ (after the others: a new module must not change the random initialisation
-   of the existing ones), and its name in build.SUCCESSOR_OPTIONS and the build_detr call.
+   of the existing ones), and its name in config.SUCCESSOR_OPTIONS and the build_detr call.
 3. A test file, tests/test_<option>.py: what it computes, checked by hand on a tiny case; that it is
    off by default (the official state dict is unchanged: tests/test_successors.py); its rules.
 """

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from detr_full.classification import ClassificationRule
 from detr_full.criterion import SetCriterion
-from detr_full.matcher import HungarianMatcher
+from detr_full.matcher import HungarianMatcher, PaddedTargets
 from detr_full.successors.denoising import denoising_losses
 from detr_full.successors.group_detr import average_groups, split_groups
 
@@ -32,15 +32,17 @@ class SuccessorCriterion(SetCriterion):
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         self.check_targets(targets)
-        num_boxes = self.num_boxes(targets, outputs["pred_logits"].device)
+        num_boxes, padded = self.num_boxes(targets), PaddedTargets.of(targets)
         if self.num_queries is not None and outputs["pred_logits"].shape[1] > self.num_queries:   # query groups
-            losses = average_groups([self.readout_losses(g, targets, num_boxes)
+            losses = average_groups([self.readout_losses(g, padded, num_boxes)
                                      for g in split_groups(outputs, self.num_queries)])
         else:
-            losses = self.readout_losses(outputs, targets, num_boxes)
+            losses = self.readout_losses(outputs, padded, num_boxes)
         if "enc_outputs" in outputs:                                          # the encoder tokens' proposals
             enc = outputs["enc_outputs"]
-            enc_losses = self.layer_losses(enc, targets, self.matcher(enc, targets), num_boxes, with_class_error=False)
+            logits, boxes = enc["pred_logits"][None], enc["pred_boxes"][None]   # one readout: (1, B, L, .)
+            (enc_losses,) = self.matched_losses(logits, boxes, padded, self.matcher.match_layers(logits, boxes, padded),
+                                                num_boxes, with_class_error=False)
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         if "dn_outputs" in outputs:                                           # the denoising queries
             losses.update(denoising_losses(outputs["dn_outputs"], self.classification, self.weight_dict))

@@ -39,7 +39,8 @@ def group_queries(query_embed: Tensor, num_queries: int, training: bool) -> tupl
 
 
 def split_groups(outputs: dict, num_queries: int) -> list[dict]:
-    """Outputs over K*Q queries -> K outputs dicts over Q queries each (aux_outputs split alike)."""
+    """Outputs over K*Q queries -> K outputs dicts over Q queries each (aux_outputs and the stacked
+    decoder_layers split alike)."""
     total = outputs["pred_logits"].shape[1]
     if total % num_queries:
         raise ValueError(f"split_groups: {total} queries is not a multiple of num_queries={num_queries}.")
@@ -49,6 +50,8 @@ def split_groups(outputs: dict, num_queries: int) -> list[dict]:
         group = {"pred_logits": outputs["pred_logits"][:, part], "pred_boxes": outputs["pred_boxes"][:, part]}
         if "aux_outputs" in outputs:
             group["aux_outputs"] = [{k: v[:, part] for k, v in aux.items()} for aux in outputs["aux_outputs"]]
+        if "decoder_layers" in outputs:                                    # (layers, B, K*Q, .) -> this group's
+            group["decoder_layers"] = {k: v[:, :, part] for k, v in outputs["decoder_layers"].items()}
         groups.append(group)
     return groups
 
