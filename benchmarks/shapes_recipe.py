@@ -1,9 +1,9 @@
-"""Compare DETR training recipes on the synthetic shapes dataset under a fixed time or step budget.
+"""Compare DETR training recipes on a data set (shapes by default, or a recipe's) under a fixed time or step budget.
 
 Not a test: a probe used to choose `detr_full.config.shapes_cpu_recipe`. It trains with the same
 pieces as `python -m detr_full.train` (dataset, loader, optimizer groups, warm-up, engine) but
 stops after `--seconds` of training or `--steps` iterations, then runs one COCO evaluation on
-shapes val and appends a JSON line (config, steps, wall-clock, CPU time, AP, AP50) to `--results`.
+the val split (and the recipe's `extra_val` split, if any) and appends a JSON line (config, steps, wall-clock, CPU time, AP, AP50) to `--results`.
 `--eval_every N` also evaluates every N steps: the AP50 curve against steps and CPU minutes
 (evaluation time excluded from the clocks). With `--pretrained_backbone pretrain` the backbone
 pretraining runs first (into `--pretrain_cache`, a fresh folder by default, so it is timed) and its
@@ -12,7 +12,11 @@ wall-clock and CPU time are recorded and counted in the curve's minutes.
     python benchmarks/shapes_recipe.py --name bn_stem --seconds 240 --recipe \\
         --lr 1e-3 --num_queries 20          # the recipe, with overrides
 
-Every `TrainConfig` field is a flag (defaults: the official ones, or the recipe's with `--recipe`).
+    python benchmarks/shapes_recipe.py --name trees --steps 1500 --eval_every 250 --recipe trees_cpu \\
+        --num_workers 0 --threads 1 --seed 1   # a 1-thread probe: its CPU minutes are all in this process
+
+Every `TrainConfig` field is a flag (defaults: the official ones, or the recipe's with `--recipe [NAME]`,
+NAME one of detr_full.config.RECIPES, shapes_cpu when left out).
 `--drop_at` (fraction of the budget) divides all learning rates by 10 once, like the CLI's StepLR.
 Measure on a quiet machine where possible: with 2 cores, one other busy process halves the speed.
 """
@@ -28,7 +32,7 @@ import time
 
 import torch
 
-from detr_full.config import TrainConfig, add_config_arguments, shapes_cpu_recipe
+from detr_full.config import RECIPES, TrainConfig, add_config_arguments
 from detr_full.data.coco import coco_api
 from detr_full.engine import evaluate, train_one_epoch
 from detr_full.run_setup import setup_run
@@ -46,11 +50,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--drop_at", type=float, default=0.0, help="lr / 10 after this budget fraction")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default="/tmp/shapes_recipe.jsonl")
-    parser.add_argument("--recipe", action="store_true", help="start from shapes_cpu_recipe()")
+    parser.add_argument("--recipe", nargs="?", const="shapes_cpu", choices=sorted(RECIPES),
+                        help="start from this recipe (alone: shapes_cpu)")
     parser.add_argument("--eval_every", type=int, default=0, help="also evaluate every N steps (0: at the end only)")
     parser.add_argument("--pretrain_cache", default="", help="pretrained-backbone cache (default: a fresh temp folder)")
     pre, _ = parser.parse_known_args(argv)
-    base = shapes_cpu_recipe() if pre.recipe else TrainConfig()
+    base = RECIPES[pre.recipe]() if pre.recipe else TrainConfig()
     # the recipe's values become the flag defaults
     add_config_arguments(parser, TrainConfig)
     parser.set_defaults(**dataclasses.asdict(base))
@@ -76,9 +81,15 @@ def main(argv: list[str]) -> None:
     def run_eval() -> dict:
         stats, _ = evaluate(model, criterion, postprocess, run.val_loader(), coco_api(ds_val), "cpu", progress=False)
         ap = stats["coco_eval_bbox"]
-        return {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
-                "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
-                "val_class_error": round(stats["class_error"], 1)}
+        point = {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
+                 "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
+                 "val_class_error": round(stats["class_error"], 1)}
+        if run.extra_val_set is not None:                  # e.g. the trees' other sites
+            extra, _ = evaluate(model, criterion, postprocess, run.val_loader(dataset=run.extra_val_set),
+                                coco_api(run.extra_val_set), "cpu", progress=False)
+            point.update({f"{cfg.extra_val}_AP": round(extra["coco_eval_bbox"][0], 4),
+                          f"{cfg.extra_val}_AP50": round(extra["coco_eval_bbox"][1], 4)})
+        return point
 
     def clocks() -> dict:
         wall = time.perf_counter() - start - paused_wall

@@ -1,4 +1,5 @@
-"""ResNet backbone with frozen BatchNorm, and the Joiner that adds position encodings.
+"""The backbone (a ResNet, as the paper's, or MobileNetV2) with frozen BatchNorm, and the Joiner that
+adds position encodings.
 
 Differences from the official `models/backbone.py`:
 - no NestedTensor: `forward(images, padding_mask)` takes the mask (True on padding) explicitly;
@@ -12,9 +13,14 @@ Differences from the official `models/backbone.py`:
   pretrained, they are generic edge detectors, but random, they would stay random filters;
   `stride=16` (or 8) stops after layer3 (or layer2), giving a finer, cheaper feature map for small
   objects and small images (the official stride is 32: a 128 px image would give 4x4 tokens).
+- `name="mobilenet_v2"` (not in the official code): torchvision's MobileNetV2 `features`, cut at the
+  output stride asked for (32: all 19 blocks, 1280 channels; 16: 14 blocks, 96; 8: 7 blocks, 32),
+  with its stem and the blocks before stride 8 frozen, as a ResNet's stem and layer1; ImageNet weights
+  through torchvision's weights API, or offline from a carrier package (imagenet.py).
 State-dict keys are the official ones (`backbone.0.body.*`, `backbone.1.*` for learned PE); with
 `frozen_bn=False` the BN layers add their `num_batches_tracked` buffers, and a smaller `stride`
-drops the `layer4` (and `layer3`) keys.
+drops the `layer4` (and `layer3`) keys. MobileNetV2's body keys are its `features` index
+(`backbone.0.body.13.conv.0.0.weight`).
 """
 
 from __future__ import annotations
@@ -28,17 +34,14 @@ import torchvision
 from torch import Tensor, nn
 
 from detr_full.checkpoint import CheckpointError, load_checkpoint
+from detr_full.imagenet import imagenet_state_dict
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
-IMAGENET_WEIGHTS = {  # what the official code gets from torchvision's pretrained=True
-    "resnet18": "ResNet18_Weights.IMAGENET1K_V1",
-    "resnet34": "ResNet34_Weights.IMAGENET1K_V1",
-    "resnet50": "ResNet50_Weights.IMAGENET1K_V1",
-    "resnet101": "ResNet101_Weights.IMAGENET1K_V1",
-}
-
+BACKBONES = RESNETS + ("mobilenet_v2",)
 
 STRIDE_LAST_LAYER = {32: 4, 16: 3, 8: 2}  # output stride -> last ResNet stage kept
+# MobileNetV2's `features`: output stride -> (blocks kept, channels out); blocks 0-3 run at stride <= 4
+MOBILENET_BLOCKS = {32: (19, 1280), 16: (14, 96), 8: (7, 32)}
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -100,14 +103,15 @@ class BackboneFeatures(NamedTuple):
 
 
 class Backbone(nn.Module):
-    """A torchvision ResNet up to layer4, returning its last feature map and the padding mask
-    downsampled to it.
+    """A torchvision ResNet up to layer4 (or MobileNetV2's features), returning its last feature map and
+    the padding mask downsampled to it.
 
-    `train_backbone=False` freezes every parameter; otherwise the stem and layer1 stay frozen, as
-    in the official code (they are generic edge detectors once pretrained), unless `train_stem`.
-    `frozen_bn=False` uses trainable BatchNorm2d; `stride` 32 (official), 16 or 8 is the output
-    stride: 16 drops layer4, 8 drops layer3 and layer4. `keep_fine`: `run` also returns the stage
-    before the last (fine_memory.py).
+    `train_backbone=False` freezes every parameter; otherwise the stem and the stride-4 stage (a
+    ResNet's layer1, MobileNetV2's blocks 0-3) stay frozen, as in the official code (they are
+    generic edge detectors once pretrained), unless `train_stem`. `frozen_bn=False` uses trainable
+    BatchNorm2d; `stride` 32 (official), 16 or 8 is the output stride: for a ResNet, 16 drops layer4,
+    8 drops layer3 and layer4. `keep_fine`: `run` also returns the stage before the last, at half the
+    stride (fine_memory.py), of `fine_channels` channels.
     """
 
     def __init__(self, name: str = "resnet50", train_backbone: bool = True, dilation: bool = False,
@@ -118,30 +122,42 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone stride={stride} is not supported; choose 32 (official), 16 or 8.")
         if dilation and stride != 32:
             raise ValueError("dilation=True (DC5) dilates layer4, which stride < 32 drops; use one or the other.")
-        if name not in RESNETS:
-            raise ValueError(f"backbone={name!r} is not supported; choose one of {', '.join(RESNETS)}.")
-        if dilation and name in ("resnet18", "resnet34"):
+        if name not in BACKBONES:
+            raise ValueError(f"backbone={name!r} is not supported; choose one of {', '.join(BACKBONES)}.")
+        if dilation and name not in ("resnet50", "resnet101"):
             raise ValueError(f"dilation=True (DC5) needs a Bottleneck ResNet (resnet50/101); {name} "
-                             "uses BasicBlocks, which torchvision cannot dilate. Drop --dilation or "
-                             "use --backbone resnet50.")
-        resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation],
-            norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
-        last = STRIDE_LAST_LAYER[stride]
-        dropped = {"avgpool", "fc"} | {f"layer{i}" for i in range(last + 1, 5)}
-        self.body = nn.Sequential(OrderedDict((n, m) for n, m in resnet.named_children() if n not in dropped))
+                             "cannot be dilated by torchvision. Drop --dilation or use --backbone resnet50.")
+        norm_layer = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+        if name == "mobilenet_v2":
+            blocks, self.num_channels = MOBILENET_BLOCKS[stride]
+            features = torchvision.models.mobilenet_v2(weights=None, norm_layer=norm_layer).features
+            self.body = nn.Sequential(OrderedDict((str(i), block) for i, block in enumerate(features[:blocks])))
+            fine_stage, self.fine_channels = str(MOBILENET_BLOCKS[stride // 2][0] - 1) if stride > 8 else None, \
+                MOBILENET_BLOCKS.get(stride // 2, (0, 0))[1]
+            stem = {"0", "1", "2", "3"}                                         # stride <= 4
+            trainable = (lambda param: train_stem or param.split(".")[0] not in stem)
+        else:
+            resnet = getattr(torchvision.models, name)(
+                weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=norm_layer)
+            last = STRIDE_LAST_LAYER[stride]
+            dropped = {"avgpool", "fc"} | {f"layer{i}" for i in range(last + 1, 5)}
+            self.body = nn.Sequential(OrderedDict((n, m) for n, m in resnet.named_children() if n not in dropped))
+            basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
+            self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
+            fine_stage, self.fine_channels = f"layer{last - 1}", self.num_channels // 2
+            trainable = (lambda param: train_stem or any(f"layer{i}" in param for i in (2, 3, 4)))
         if pretrained:
-            weights = load_imagenet_weights(name, pretrained)
+            weights = load_pretrained_weights(name, pretrained)
             check_backbone_weights(self.body, weights, pretrained, name)
             self.body.load_state_dict(weights, strict=False)  # extra keys (fc, dropped stages) are not used
-        basic = name in ("resnet18", "resnet34")                            # BasicBlock: expansion 1
-        self.num_channels = (64 if basic else 256) * 2 ** (last - 1)        # 512 / 2048 at layer4
-        self.fine_stage = f"layer{last - 1}" if keep_fine else None          # its channels: num_channels / 2
+        self.fine_stage = fine_stage if keep_fine else None
+        if keep_fine and fine_stage is None:
+            raise ValueError(f"keep_fine needs a stage before the last; {name} at stride {stride} has none kept.")
         # oneDNN's CPU convolutions are ~15% faster on channels-last tensors (benchmarks/bench_core.py);
         # the state-dict keys and values are unchanged, only the memory layout differs.
         self.body.to(memory_format=torch.channels_last)
         for param_name, param in self.body.named_parameters():
-            if not train_backbone or not (train_stem or any(f"layer{i}" in param_name for i in (2, 3, 4))):
+            if not train_backbone or not trainable(param_name):
                 param.requires_grad_(False)
 
     def forward(self, images: Tensor, padding_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -155,7 +171,7 @@ class Backbone(nn.Module):
         for name, stage in self.body.named_children():                      # what nn.Sequential does
             x = stage(x)
             if name == self.fine_stage:
-                fine = x                                                    # (B, C/2, H/(stride/2), ...)
+                fine = x                                                    # (B, fine_channels, H/(stride/2), ...)
         return BackboneFeatures(x, _downsample(padding_mask, x), fine,     # x: (B, C, H/stride, W/stride)
                                 None if fine is None else _downsample(padding_mask, fine))
 
@@ -171,12 +187,13 @@ def _downsample(padding_mask: Tensor, features: Tensor) -> Tensor:
     return F.interpolate(padding_mask[None].float(), size=features.shape[-2:])[0].bool()
 
 
-def load_imagenet_weights(name: str, source: str) -> dict[str, Tensor]:
-    """ResNet weights from "imagenet" (torchvision's download), a local path or a URL."""
-    if source == "imagenet":
-        weights = torchvision.models.get_weight(IMAGENET_WEIGHTS[name])
-        return load_checkpoint(weights.url)["model"]
-    return load_checkpoint(source)["model"]
+def load_pretrained_weights(name: str, source: str) -> dict[str, Tensor]:
+    """Backbone weights with the body's key names, from "imagenet" (torchvision's weights API: imagenet.py),
+    a local path or a URL."""
+    weights = imagenet_state_dict(name) if source == "imagenet" else load_checkpoint(source)["model"]
+    if name == "mobilenet_v2" and any(k.startswith("features.") for k in weights):   # torchvision's whole model
+        weights = {k[len("features."):]: v for k, v in weights.items() if k.startswith("features.")}
+    return weights
 
 
 def check_backbone_weights(body: nn.Module, weights: dict[str, Tensor], source: str, name: str) -> None:
@@ -192,8 +209,9 @@ def check_backbone_weights(body: nn.Module, weights: dict[str, Tensor], source: 
         raise CheckpointError(
             f"Pretrained backbone weights {source} do not fit a {name} "
             f"({len(mismatched)} tensors with other shapes, {len(missing)} missing; e.g. {', '.join(shown)}). "
-            f"Expected a torchvision {name} state_dict (keys conv1.weight, bn1.*, layer1.*, ...) up to the "
-            "last stage kept by backbone_stride; pass --backbone with the architecture the file was made for, "
+            f"Expected a torchvision {name} state_dict (a ResNet's conv1.weight, bn1.*, layer1.*, ...; MobileNetV2's "
+            "features.*) up to the last stage kept by backbone_stride; pass --backbone with the architecture the "
+            "file was made for, "
             "or make a matching one with `python -m detr_full.pretrain --backbone NAME`.")
 
 
@@ -203,7 +221,7 @@ class Joiner(nn.Sequential):
 
     def __init__(self, backbone: Backbone, position_embedding: nn.Module):
         super().__init__(backbone, position_embedding)
-        self.num_channels = backbone.num_channels
+        self.num_channels, self.fine_channels = backbone.num_channels, backbone.fine_channels
 
     def forward(self, images: Union[Tensor, BackboneFeatures], padding_mask: Optional[Tensor]
                 ) -> tuple[Tensor, Tensor, Tensor]:

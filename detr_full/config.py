@@ -21,7 +21,7 @@ class DETRConfig:
     # gaps). "No object" is logit index num_classes: the class head has num_classes + 1 outputs.
     num_classes: int = 91
     # Backbone
-    backbone: str = "resnet50"          # any torchvision ResNet: resnet18/34/50/101
+    backbone: str = "resnet50"          # a torchvision ResNet (resnet18/34/50/101, official) or mobilenet_v2
     dilation: bool = False              # DC5: dilate layer4 instead of striding (output stride 16)
     position_embedding: str = "sine"    # "sine" (paper) or "learned" (row/col embeddings, <= 50x50); "none": Table 3
     lr_backbone: float = 1e-5           # <= 0 freezes the whole backbone (official semantics)
@@ -87,7 +87,10 @@ class TrainConfig(DETRConfig):
     dice_loss_coef: float = 1.0
     # Data
     dataset_file: str = "coco"
-    coco_path: Optional[str] = None     # None = the synthetic shapes dataset in data/shapes
+    coco_path: Optional[str] = None     # None = the synthetic shapes dataset in data/shapes (data/trees: the
+                                        # tree crowns); both are made on first use (data/prepared.py)
+    extra_val: str = ""                 # another split of coco_path, evaluated and logged after each epoch
+                                        # beside val (its keys prefixed "<split>_"), e.g. the trees' othersites
     coco_panoptic_path: Optional[str] = None
     remove_difficult: bool = False
     scales: Optional[str] = None        # training short sides, e.g. "480,512,...,800"; None = official
@@ -290,4 +293,32 @@ def shapes_cpu_recipe(**overrides: Any) -> TrainConfig:
     return TrainConfig(**recipe)
 
 
-RECIPES = {"shapes_cpu": shapes_cpu_recipe}  # `python -m detr_full.train --recipe shapes_cpu`
+def trees_cpu_recipe(**overrides: Any) -> TrainConfig:
+    """DETR on the aerial tree-crown tiles (data/trees, made on first use) on a 2-core CPU, from an
+    ImageNet MobileNetV2: real photographs, one class, up to 60 small touching objects per 400 px tile.
+
+    `python -m detr_full.train --recipe trees_cpu --output_dir DIR`. The shapes recipe's model with
+    what dense scenes of small objects need; each choice was measured with benchmarks/shapes_recipe.py
+    --recipe trees_cpu
+    (benchmarks/README.md, "The trees recipe": the curves, the alternatives tried and the minutes).
+    """
+    from detr_full.data.trees import DEFAULT_ROOT as TREES_ROOT   # config stays importable without data/
+
+    recipe: dict[str, Any] = dict(
+        coco_path=str(TREES_ROOT),  # cut from the deepforest wheel's NEON photographs on first use
+        extra_val="othersites",     # OSBS and SOAP beside YELL's val tiles: the site shift, every epoch
+        backbone="mobilenet_v2",    # ImageNet-pretrained (torchvision's file; imagenet.py), the cheapest
+        pretrained_backbone="imagenet",
+        backbone_stride=16,         # 25 x 25 tokens on a 400 px tile: a crown (13-95 px) spans 1-6 of them
+        lr_backbone=0.0,            # frozen, run in the 2 loader workers (as the shapes recipe)
+        backbone_in_loader=True,
+        num_workers=2,
+        num_queries=100,            # up to 60 crowns per tile
+    )
+    recipe.update(overrides)
+    return shapes_cpu_recipe(**{**dict(scales="368,400,432", max_size=512, val_size=400, epochs=40, lr_drop=32,
+                                       batch_size=4), **recipe})
+
+
+RECIPES = {"shapes_cpu": shapes_cpu_recipe,   # `python -m detr_full.train --recipe shapes_cpu`
+           "trees_cpu": trees_cpu_recipe}

@@ -30,6 +30,7 @@ from detr_full.criterion import SetCriterion
 from detr_full.data.coco import CocoDetection, build_dataset, category_names, num_classes_of
 from detr_full.data.loaders import train_loader, val_loader
 from detr_full.data.shapes import ensure_shapes
+from detr_full.data.trees import DEFAULT_ROOT as TREES_ROOT, ensure_trees
 from detr_full.detr import DETR
 from detr_full.distributed import all_gather_object, get_rank, is_main_process
 from detr_full.optim import LinearWarmup, build_optimizer
@@ -49,6 +50,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def prepared_dataset(coco_path: Optional[Union[str, Path]]) -> str:
+    """`coco_path`, made first when it is a data set the project makes itself and it is missing: None
+    (data/shapes, generated) or data/trees (cut from the deepforest wheel's photographs)."""
+    if coco_path is None:
+        return str(ensure_shapes())
+    if Path(coco_path).resolve() == TREES_ROOT.resolve():
+        return str(ensure_trees())
+    return str(coco_path)
+
+
 def dataset_for(cfg: TrainConfig, image_set: str, coco_path: Union[str, Path]) -> CocoDetection:
     """`image_set` ("train" | "val") of the COCO-layout folder `coco_path`, at the run's image sizes
     (`scales`, `max_size`, `val_size`)."""
@@ -63,6 +74,7 @@ class Run:
     device: torch.device
     val_set: CocoDetection
     train_set: Optional[CocoDetection]  # None with cfg.eval
+    extra_val_set: Optional[CocoDetection]  # cfg.extra_val's split, or None
     categories: dict[int, str]          # {category id: name}
     model: DETR                         # on `device`; not wrapped for DDP
     criterion: SetCriterion
@@ -100,13 +112,13 @@ def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, devic
     main_process = is_main_process()
     seed_everything(cfg.seed + get_rank())
 
-    coco_path = cfg.coco_path
-    if coco_path is None:
-        coco_path = str(ensure_shapes()) if main_process else None
-        coco_path = all_gather_object(coco_path)[0]  # other ranks wait for rank 0's generation
+    coco_path = prepared_dataset(cfg.coco_path) if main_process else None
+    coco_path = all_gather_object(coco_path)[0]  # other ranks wait for rank 0 to make the data
+    if cfg.coco_path is None:
         log(f"No --coco_path: using the synthetic shapes dataset in {coco_path}")
     val_set = dataset_for(cfg, "val", coco_path)
     train_set = None if cfg.eval else dataset_for(cfg, "train", coco_path)
+    extra_val_set = dataset_for(cfg, cfg.extra_val, coco_path) if cfg.extra_val else None
     reference_set = val_set if train_set is None else train_set
     needed = max(num_classes_of(split) for split in (val_set, train_set) if split is not None)   # max id + 1
     if derive_num_classes is None:
@@ -134,7 +146,7 @@ def setup_run(cfg: TrainConfig, derive_num_classes: Optional[bool] = None, devic
     model.to(device)
     criterion.to(device)
     optimizer = build_optimizer(model, cfg)
-    return Run(cfg=cfg, coco_path=Path(coco_path), device=device, val_set=val_set, train_set=train_set,
+    return Run(cfg=cfg, coco_path=Path(coco_path), device=device, val_set=val_set, train_set=train_set, extra_val_set=extra_val_set,
                categories=category_names(reference_set), model=model, criterion=criterion,
                postprocess=postprocess, optimizer=optimizer,
                lr_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop),

@@ -82,6 +82,29 @@ def _prefixed(prefix: str, stats: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in stats.items()}
 
 
+def run_progress(elapsed: float, epoch_seconds: list[float], done: int, epochs: int) -> str:
+    """One line on the whole run: epochs done, time since the run started (data and backbone
+    pretraining included), and the time left at the mean of the epochs timed so far."""
+    def clock(seconds: float) -> str:
+        return str(datetime.timedelta(seconds=round(seconds)))
+    left = (epochs - done) * sum(epoch_seconds) / len(epoch_seconds)
+    return f"Run: epoch {done}/{epochs} done, {clock(elapsed)} elapsed, " + \
+        (f"about {clock(left)} left" if done < epochs else "finished")
+
+
+def _evaluate_extra(run, model: nn.Module, distributed: bool) -> dict:
+    """The extra val split's stats (cfg.extra_val), {} when there is none."""
+    if run.extra_val_set is None:
+        return {}
+    stats, _ = evaluate(model, run.criterion, run.postprocess, run.val_loader(distributed, run.extra_val_set),
+                        coco_api(run.extra_val_set), run.device, amp=run.cfg.amp, progress=False)
+    return stats
+
+
+def _extra_line(cfg: TrainConfig, extra: dict) -> str:
+    return f"; {cfg.extra_val}: {_ap_line(extra)}" if extra else ""
+
+
 def _ap_line(stats: dict) -> str:
     s = stats.get("coco_eval_bbox")
     return f"AP {s[0]:.3f}  AP50 {s[1]:.3f}  AP75 {s[2]:.3f}" if s else "no COCO evaluation"
@@ -110,6 +133,7 @@ def main(cfg: TrainConfig, derive_num_classes: Optional[bool] = None) -> dict:
 
 
 def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_classes: Optional[bool]) -> dict:
+    run_start = time.time()                     # the whole run's clock: data, pretraining, epochs, evaluations
     if distributed and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     main_process = is_main_process()
@@ -163,18 +187,21 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     if cfg.eval:
         stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(distributed), coco_gt, device,
                                     amp=cfg.amp)
-        log(f"Evaluation: loss {stats.get('loss', float('nan')):.4f}, {_ap_line(stats)}")
+        extra = _evaluate_extra(run, model, distributed)
+        log(f"Evaluation: loss {stats.get('loss', float('nan')):.4f}, {_ap_line(stats)}{_extra_line(cfg, extra)}")
         if output_dir is not None and main_process and coco_eval is not None:
             save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
-        return {**_prefixed("test", stats), "n_parameters": n_parameters}
+        return {**_prefixed("test", stats), **_prefixed(cfg.extra_val, extra), "n_parameters": n_parameters}
 
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)
     log("Start training")
     start_time = time.time()
+    epoch_seconds: list[float] = []
     last: dict = {}
     monitor = MatchingMonitor() if cfg.diagnostics else None     # kept across the run's evaluations
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.time()
         loader = run.train_loader(epoch, distributed)
         if len(loader) == 0:
             raise ConfigError(f"The training set has {len(run.train_set)} image(s) per process, fewer than "
@@ -197,11 +224,12 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
 
         test_stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(distributed), coco_gt, device,
                                          amp=cfg.amp, monitor=monitor)
+        extra = _evaluate_extra(run, model, distributed)
         restore_rng_state(rng[get_rank()])
-        last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats),
+        last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats), **_prefixed(cfg.extra_val, extra),
                 "epoch": epoch, "n_parameters": n_parameters}
         log(f"Epoch {epoch}: train loss {train_stats['loss']:.4f}, "
-            f"test loss {test_stats.get('loss', float('nan')):.4f}, {_ap_line(test_stats)}")
+            f"test loss {test_stats.get('loss', float('nan')):.4f}, {_ap_line(test_stats)}{_extra_line(cfg, extra)}")
         if output_dir is not None and main_process:
             with (output_dir / "log.txt").open("a") as f:
                 f.write(json.dumps(last) + "\n")
@@ -211,6 +239,8 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                 if epoch % 50 == 0:
                     save_checkpoint(record, output_dir / "eval" / f"{epoch:03}.pth")
             plot_logs([output_dir], out=output_dir / "plots.png")
+        epoch_seconds.append(time.time() - epoch_start)
+        log(run_progress(time.time() - run_start, epoch_seconds, epoch + 1, cfg.epochs))
     if start_epoch >= cfg.epochs:
         log(f"Nothing to train: the run is already at epoch {start_epoch} of --epochs {cfg.epochs}.")
     log(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")

@@ -219,3 +219,9 @@ def test_diagnostics_are_logged_and_change_nothing(shapes, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)                  # measuring does not change the run
     fig = plot_logs(tmp_path / "on", fields=("matching_instability", "box_spread"))
     assert [len(ax.lines) for ax in fig.axes] == [1, 1]              # the test_ curve of each
+
+
+def test_the_run_progress_line_counts_the_whole_run_and_estimates_the_rest():
+    from detr_full.train import run_progress
+    assert run_progress(125, [60.0, 40.0], 2, 12) == "Run: epoch 2/12 done, 0:02:05 elapsed, about 0:08:20 left"
+    assert run_progress(700, [50.0] * 12, 12, 12) == "Run: epoch 12/12 done, 0:11:40 elapsed, finished"

@@ -376,14 +376,17 @@ class CocoDetection(Dataset):
 
 def build_dataset(image_set: str, coco_path: PathLike, scales: Optional[list[int]] = None,
                   max_size: int = 1333, val_size: int = 800) -> CocoDetection:
-    """COCO-layout split ("train" | "val") with the official transforms (see make_coco_transforms)."""
-    if image_set not in ("train", "val"):
-        raise ValueError(f"build_dataset: image_set must be 'train' or 'val', got {image_set!r}.")
+    """COCO-layout split with the official transforms (see make_coco_transforms): "train" with the
+    training augmentation; "val", or any other split of the folder (<split>2017/ and
+    annotations/instances_<split>2017.json, e.g. the trees' "othersites"), with the val resize."""
+    if not image_set.isidentifier():
+        raise ValueError(f"build_dataset: image_set must be a split name such as 'train' or 'val', got {image_set!r}.")
     root = Path(coco_path)
     if not root.is_dir():
         raise DatasetError(f"coco_path {root} does not exist or is not a folder. Expected {EXPECTED_LAYOUT} "
                            f"{MAKE_SHAPES_HINT}.")
-    transforms = make_coco_transforms(image_set, scales=scales, max_size=max_size, val_size=val_size)
+    transforms = make_coco_transforms("train" if image_set == "train" else "val", scales=scales, max_size=max_size,
+                                      val_size=val_size)
     return CocoDetection(root / f"{image_set}2017", root / "annotations" / f"instances_{image_set}2017.json",
                          transforms=transforms)
 

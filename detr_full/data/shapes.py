@@ -24,7 +24,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +33,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import PIL.Image
 from PIL import ImageDraw
+
+from detr_full.data.prepared import MARKER, build_once
 
 PathLike = Union[str, os.PathLike]
 
@@ -297,29 +298,11 @@ def ensure_shapes(root: PathLike = DEFAULT_ROOT, **kwargs: Any) -> Path:
     leaves a half-written dataset behind.
     """
     root = Path(root)
-    marker = root / "annotations" / "instances_val2017.json"
+    marker = root / MARKER
     if marker.is_file():
         _warn_if_different(marker, {"min_size": MIN_SIZE, "max_size": MAX_SIZE, **kwargs})
         return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(
-            f"ensure_shapes: {root} exists but holds no {marker.relative_to(root)}, so it is not a "
-            "finished shapes dataset. Delete or move it, or pass another root.")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # our own leftover (same pid), e.g. from an interrupted call in this process
-    try:
-        make_shapes(tmp, **kwargs)
-        try:
-            os.replace(tmp, root)  # atomic; replaces an empty `root` folder too
-        except OSError:
-            if not marker.is_file():  # only a concurrent generator finishing first is acceptable
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return build_once(root, lambda tmp: make_shapes(tmp, **kwargs), "ensure_shapes")
 
 
 def _warn_if_different(marker: Path, kwargs: dict[str, Any]) -> None:
@@ -338,10 +321,10 @@ def summarize(root: PathLike) -> str:
     """A few lines describing a COCO-layout dataset: images, objects, empties, classes, COCO size ranges."""
     root = Path(root)
     lines = []
-    for split in ("train", "val"):
-        ann_file = root / "annotations" / f"instances_{split}2017.json"
-        if not ann_file.is_file():
-            continue
+    files = sorted((root / "annotations").glob("instances_*2017.json"),
+                   key=lambda f: (not f.name.startswith("instances_train"), not f.name.startswith("instances_val"), f.name))
+    for ann_file in files:                                      # train, val, then any other split
+        split = ann_file.name[len("instances_"):-len("2017.json")]
         with open(ann_file, encoding="utf-8") as f:
             data = json.load(f)
         anns = data["annotations"]

@@ -81,7 +81,7 @@ class SuccessorDETR(DETR):
         self.anchor_queries = AnchorQueries(d) if anchor_queries else None
         self.query_selection = QuerySelection(d, classification, num_classes, num_queries, MLP(d, d, 4, 3),
                                               selection_nms) if query_selection else None
-        self.fine_memory = FineMemory(backbone.num_channels // 2, d) if fine_memory else None
+        self.fine_memory = FineMemory(backbone.fine_channels, d) if fine_memory else None
         self.conditional = ConditionalSpatialQuery(d, transformer.nhead) if conditional else None
 
     @property

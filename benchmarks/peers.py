@@ -1,0 +1,281 @@
+"""DETR against the detectors people use instead, at equal CPU minutes: the paper's Table 1 on our data.
+
+Trains, one after the other in this process (1 thread), the recipe's DETR and torchvision's own
+`FasterRCNN`, `RetinaNet` and `FCOS` on the same data, from the same pretrained backbone, each for
+`--minutes` of CPU time (process time; data loading included, evaluation excluded), and evaluates
+each on the data set's val split with the same COCO evaluator (pycocotools, `engine.run_coco_eval`).
+One JSON line per detector goes to `--out`; the table is printed.
+
+    python benchmarks/peers.py --coco_path data/shapes --minutes 4 --seed 42 --out /tmp/peers.jsonl
+    python benchmarks/peers.py --recipe trees_cpu --minutes 12 --seed 1 --out /tmp/peers_trees.jsonl
+
+The backbone is the recipe's, pretrained and frozen for all four: with `shapes_cpu` the ResNet-18
+that detr_full.pretrain makes for that data set (its pretraining counted once, reported apart as
+`pretrain_cpu_minutes`, 0 when it was cached); with `trees_cpu` the ImageNet MobileNetV2. DETR reads
+its last stage (stride 16); the peers read the same body through torchvision's
+`FeaturePyramidNetwork` over its last two stages (strides 8 and 16) plus its max-pooled level
+(stride 32), as torchvision's own `*_fpn` builders do over a ResNet's stages.
+
+The peers use torchvision's standard settings, adapted only to the image size:
+- the image sizes are the recipe's (`min_size` = its training scales, `max_size`; at evaluation
+  `min_size` = its `val_size`), in torchvision's own transform (ImageNet normalisation);
+- anchors follow torchvision's rule, one octave per level, scaled to the objects: Faster R-CNN
+  `(4 * stride,)` x aspect ratios (0.5, 1, 2) per level; RetinaNet `4 * stride` x 2^(0, 1/3, 2/3) x
+  (0.5, 1, 2); FCOS one point per cell, of size `stride` (its levels' size ranges follow); `--anchor_scale
+  0.5` halves them for small
+  objects (the trees: crowns of 13-95 px);
+- the reference recipes' optimiser: SGD, momentum 0.9, weight decay 1e-4, lr 0.02 (Faster R-CNN)
+  or 0.01 (RetinaNet, FCOS) per 16 images scaled to the batch, a linear warm-up, gradient clipping
+  off; every other setting (RPN and RoI sampling, score thresholds 0.05 / 0.05 / 0.2, 100
+  detections per image) torchvision's defaults;
+- every detector, DETR included, gets the same batch size, the same horizontal flips, and the same
+  schedule in CPU time: lr / 10 after 75 % of the budget (the recipe drops at 9 of 12 epochs).
+`--lr_scale` multiplies the peers' learning rates (their sweep; DETR's lr is the recipe's, tuned).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import random
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from detr_full.backbone import Backbone
+from detr_full.config import RECIPES, TrainConfig, parse_scales
+from detr_full.data.coco import CocoDetection, coco_api
+from detr_full.engine import coco_results, run_coco_eval, train_one_epoch
+from detr_full.rng import seed_everything
+from detr_full.run_setup import prepared_dataset, setup_run
+
+PEERS = ("faster_rcnn", "retinanet", "fcos")
+BASE_LR = {"faster_rcnn": 0.02, "retinanet": 0.01, "fcos": 0.01}   # torchvision's references, per 16 images
+DROP_AT = 0.75
+
+
+class PyramidBody(nn.Module):
+    """Our pretrained, frozen backbone body, its last two stages through torchvision's FPN: what
+    torchvision's detectors take as `backbone` (an `out_channels` attribute, an OrderedDict of maps)."""
+
+    def __init__(self, backbone: Backbone, out_channels: int = 256):
+        super().__init__()
+        self.body = backbone.body
+        self.fine_stage, self.last_stage = backbone.fine_stage, list(backbone.body._modules)[-1]
+        self.fpn = FeaturePyramidNetwork([backbone.fine_channels, backbone.num_channels], out_channels,
+                                         extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> "OrderedDict[str, Tensor]":
+        maps, x = OrderedDict(), images
+        with torch.no_grad():                                     # frozen: as the recipe's DETR backbone
+            for name, stage in self.body.named_children():
+                x = stage(x)
+                if name == self.fine_stage:
+                    maps["0"] = x                                 # stride 8
+        maps["1"] = x                                             # stride 16
+        return self.fpn(maps)                                     # "0", "1", "pool" (stride 32)
+
+
+def build_peer(kind: str, cfg: TrainConfig, num_classes: int, anchor_scale: float) -> nn.Module:
+    backbone = Backbone(cfg.backbone, train_backbone=False, pretrained=cfg.pretrained_backbone,
+                        stride=cfg.backbone_stride, keep_fine=True)
+    body = PyramidBody(backbone)
+    strides = (cfg.backbone_stride // 2, cfg.backbone_stride, cfg.backbone_stride * 2)
+    sizes = dict(min_size=tuple(parse_scales(cfg.scales) or [cfg.val_size]), max_size=cfg.max_size)
+    if kind == "faster_rcnn":
+        anchors = AnchorGenerator(tuple((round(4 * s * anchor_scale),) for s in strides), ((0.5, 1.0, 2.0),) * 3)
+        return FasterRCNN(body, num_classes, rpn_anchor_generator=anchors,
+                          box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2), **sizes)
+    if kind == "retinanet":
+        anchors = AnchorGenerator(tuple(tuple(round(4 * s * anchor_scale * 2 ** (k / 3)) for k in range(3))
+                                        for s in strides), ((0.5, 1.0, 2.0),) * 3)
+        return RetinaNet(body, num_classes, anchor_generator=anchors, **sizes)
+    if kind == "fcos":
+        anchors = AnchorGenerator(tuple((round(s * anchor_scale),) for s in strides), ((1.0,),) * 3)
+        return FCOS(body, num_classes, anchor_generator=anchors, **sizes)
+    raise ValueError(f"unknown peer {kind!r}; choose from {', '.join(PEERS)}")
+
+
+def _peer_batches(dataset: CocoDetection, batch_size: int, generator: torch.Generator):
+    """Endless shuffled batches of (images [0, 1] (3, H, W), targets {boxes xyxy px, labels}), flipped at random."""
+    to_tensor = torchvision.transforms.functional.to_tensor
+    while True:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        for begin in range(0, len(order) - batch_size + 1, batch_size):
+            images, targets = [], []
+            for i in order[begin:begin + batch_size]:
+                pil, target = dataset[i]
+                image, boxes = to_tensor(pil), target["boxes"].clone()
+                if torch.rand((), generator=generator) < 0.5:        # the official hflip, as DETR's transforms
+                    image = image.flip(-1)
+                    boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
+                images.append(image)
+                targets.append({"boxes": boxes, "labels": target["labels"]})
+            yield images, targets
+
+
+@torch.no_grad()
+def _evaluate_peer(model: nn.Module, dataset: CocoDetection, val_size: int) -> list[float]:
+    model.eval()
+    model.transform.min_size = (val_size,)
+    to_tensor = torchvision.transforms.functional.to_tensor
+    detections = {}
+    for i in range(len(dataset)):
+        pil, target = dataset[i]
+        out = model([to_tensor(pil)])[0]                            # boxes in the original image's pixels
+        detections.update(coco_results([out], [target]))
+    return _coco_stats(dataset, detections)
+
+
+def _coco_stats(dataset: CocoDetection, detections: dict) -> list[float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval = run_coco_eval(coco_api(dataset), [d for ds in detections.values() for d in ds], list(detections))
+    return [float(x) for x in coco_eval.stats]
+
+
+def _lr_at(fraction: float, step: int, warmup_steps: int) -> float:
+    """The schedule's factor: linear warm-up over the first steps, / 10 after DROP_AT of the budget."""
+    return min(1.0, (step + 1) / warmup_steps) * (0.1 if fraction >= DROP_AT else 1.0)
+
+
+def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_scale: float, anchor_scale: float,
+               seed: int) -> dict:
+    seed_everything(seed)
+    train_set = CocoDetection(Path(coco_path) / "train2017", Path(coco_path) / "annotations" / "instances_train2017.json")
+    val_set = CocoDetection(Path(coco_path) / "val2017", Path(coco_path) / "annotations" / "instances_val2017.json")
+    num_classes = max(coco_api(val_set).getCatIds() + coco_api(train_set).getCatIds()) + 1
+    model = build_peer(kind, cfg, num_classes, anchor_scale)
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr = BASE_LR[kind] * cfg.batch_size / 16 * lr_scale
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
+    batches = _peer_batches(train_set, cfg.batch_size, torch.Generator().manual_seed(seed))
+    model.train()
+    start, steps = time.process_time(), 0
+    while (used := time.process_time() - start) < minutes * 60:
+        images, targets = next(batches)                               # loading counts: inside the clock
+        for group in optimizer.param_groups:
+            group["lr"] = lr * _lr_at(used / (minutes * 60), steps, cfg.warmup_steps)
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{kind}: non-finite loss at step {steps}: {losses}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    cpu = time.process_time() - start
+    stats = _evaluate_peer(model, val_set, cfg.val_size)
+    return _record(kind, stats, cpu, steps, model, lr=lr)
+
+
+class _Budget(Exception):
+    pass
+
+
+def train_detr(cfg: TrainConfig, minutes: float, seed: int) -> dict:
+    """The recipe's DETR for `minutes` of CPU time, with the same time-based lr drop as the peers."""
+    run = setup_run(dataclasses.replace(cfg, seed=seed, num_workers=0), log=lambda message: None)
+    model, optimizer, warmup = run.model, run.optimizer, run.warmup
+    base = [group["lr"] for group in optimizer.param_groups]
+    start, steps = time.process_time(), 0
+
+    def after_step() -> None:
+        nonlocal steps
+        steps += 1
+        warmup.step()
+        fraction = (time.process_time() - start) / (minutes * 60)
+        if fraction >= DROP_AT:
+            for group, lr in zip(optimizer.param_groups, base):
+                group["lr"] = lr * 0.1
+        if fraction >= 1.0:
+            raise _Budget
+
+    epoch = 0
+    with contextlib.suppress(_Budget):
+        while True:
+            train_one_epoch(model, run.criterion, run.train_loader(epoch), optimizer, "cpu", epoch, cfg.clip_max_norm,
+                            scheduler_step=after_step, progress=False)
+            epoch += 1
+    cpu = time.process_time() - start
+    model.eval()
+    detections = {}
+    with torch.no_grad():
+        for images, mask, targets in run.val_loader():
+            sizes = torch.stack([t["orig_size"] for t in targets])
+            detections.update(coco_results(run.postprocess(model(images, mask), sizes), targets))
+    return {**_record("detr", _coco_stats(run.val_set, detections), cpu, steps, model, lr=cfg.lr),
+            "pretrain_cpu_minutes": round(run.pretrain_cpu_s / 60, 2)}
+
+
+def _record(detector: str, stats: list[float], cpu_s: float, steps: int, model: nn.Module, **extra) -> dict:
+    return {"detector": detector, "ap50": round(stats[1], 4), "ap": round(stats[0], 4), "ap75": round(stats[2], 4),
+            "aps": round(stats[3], 4), "apm": round(stats[4], 4), "apl": round(stats[5], 4),
+            "ar100": round(stats[8], 4), "cpu_minutes": round(cpu_s / 60, 2), "steps": steps,
+            "params": sum(p.numel() for p in model.parameters()),
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), **extra}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="shapes_cpu", choices=sorted(RECIPES), help="DETR's recipe, and the "
+                        "backbone, sizes and batch for all (default: %(default)s)")
+    parser.add_argument("--coco_path", default=None, help="COCO-layout folder (default: the recipe's data set)")
+    parser.add_argument("--minutes", type=float, required=True, help="CPU minutes of training per detector")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", required=True, help="JSON lines file, appended to")
+    parser.add_argument("--detectors", default="detr," + ",".join(PEERS), help="comma-separated (default: all four)")
+    parser.add_argument("--lr_scale", type=float, default=1.0, help="multiplies the peers' learning rates")
+    parser.add_argument("--anchor_scale", type=float, default=1.0, help="multiplies the peers' anchor sizes")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = RECIPES[args.recipe](**({"coco_path": args.coco_path} if args.coco_path else {}))
+    coco_path = prepared_dataset(cfg.coco_path)
+    cfg = dataclasses.replace(cfg, coco_path=coco_path, device="cpu", seed=args.seed)
+    pretrain_cpu = 0.0
+    if cfg.pretrained_backbone == "pretrain":                       # made once (and timed) for DETR and the peers
+        run = setup_run(dataclasses.replace(cfg, num_workers=0), log=lambda message: None)
+        cfg, pretrain_cpu = dataclasses.replace(cfg, pretrained_backbone=run.cfg.pretrained_backbone), run.pretrain_cpu_s
+        del run
+    rows = []
+    for detector in args.detectors.split(","):
+        random.seed(args.seed)
+        print(f"== {detector}: {args.minutes} CPU minutes on {coco_path} (seed {args.seed})", flush=True)
+        row = train_detr(cfg, args.minutes, args.seed) if detector == "detr" else \
+            train_peer(detector, cfg, coco_path, args.minutes, args.lr_scale, args.anchor_scale, args.seed)
+        row.update(data=str(coco_path), minutes_budget=args.minutes, seed=args.seed, recipe=args.recipe,
+                   backbone=f"{cfg.backbone} ({'ImageNet' if cfg.pretrained_backbone == 'imagenet' else 'pretrained on this data set'}, frozen)",
+                   pretrain_cpu_minutes=round(pretrain_cpu / 60, 2))
+        if detector != "detr":
+            row.update(lr_scale=args.lr_scale, anchor_scale=args.anchor_scale)
+        rows.append(row)
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a markdown table, Table 1's columns."""
+    lines = ["| detector | AP50 | AP | AP_S | AP_M | AP_L | steps | CPU min | params |", "|---" * 9 + "|"]
+    for r in rows:
+        lines.append(f"| {r['detector']} | {r['ap50']:.3f} | {r['ap']:.3f} | {r['aps']:.3f} | {r['apm']:.3f} | "
+                     f"{r['apl']:.3f} | {r['steps']} | {r['cpu_minutes']:.1f} | {r['params'] / 1e6:.1f} M |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

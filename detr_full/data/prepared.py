@@ -1,0 +1,39 @@
+"""Data sets the project prepares itself on first use (data/shapes, data/trees): made once into a
+temporary sibling folder and renamed into place, so that an interrupted run never leaves a
+half-written data set behind, and a folder someone else made is never overwritten."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+MARKER = Path("annotations") / "instances_val2017.json"   # written last: its presence marks a finished set
+
+
+def build_once(root: Path, make: Callable[[Path], object], what: str) -> Path:
+    """`root` when it holds a finished data set (MARKER), else `make(tmp)` then `tmp` renamed to `root`.
+    `what` names the data set and its maker in the error for a folder that is not one."""
+    marker = root / MARKER
+    if marker.is_file():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{what}: {root} exists but holds no {MARKER}, so it is not a finished data set. Delete or move "
+            "it, or pass another root.")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)  # our own leftover (same pid), e.g. from an interrupted call in this process
+    try:
+        make(tmp)
+        try:
+            os.replace(tmp, root)  # atomic; replaces an empty `root` folder too
+        except OSError:
+            if not marker.is_file():  # only a concurrent maker finishing first is acceptable
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
