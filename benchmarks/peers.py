@@ -3,11 +3,12 @@
 Trains, one after the other in this process (1 thread), the recipe's DETR and torchvision's own
 `FasterRCNN`, `RetinaNet` and `FCOS` on the same data, from the same pretrained backbone, each for
 `--minutes` of CPU time (process time; data loading included, evaluation excluded), and evaluates
-each on the data set's val split with the same COCO evaluator (pycocotools, `engine.run_coco_eval`).
-One JSON line per detector goes to `--out`; the table is printed.
+each on the data set's val split with the same COCO evaluator (pycocotools, `engine.run_coco_eval`),
+at the end and at `--snapshots` CPU minutes on the way. One JSON line per detector and evaluation
+goes to `--out`; the table is printed.
 
     python benchmarks/peers.py --coco_path data/shapes --minutes 4 --seed 42 --out /tmp/peers.jsonl
-    python benchmarks/peers.py --recipe trees_cpu --minutes 12 --seed 1 --out /tmp/peers_trees.jsonl
+    python benchmarks/peers.py --recipe trees_cpu --minutes 12 --snapshots 4 --seed 1 --out /tmp/peers_trees.jsonl
 
 The backbone is the recipe's, pretrained and frozen for all four: with `shapes_cpu` the ResNet-18
 that detr_full.pretrain makes for that data set (its pretraining counted once, reported apart as
@@ -152,8 +153,37 @@ def _lr_at(fraction: float, step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) * (0.1 if fraction >= DROP_AT else 1.0)
 
 
+class CpuBudget:
+    """The training's CPU clock (this process's time), paused while a snapshot is evaluated; says when
+    a snapshot is due and when the budget is spent."""
+
+    def __init__(self, minutes: float, snapshots: list[float]):
+        self.budget, self.pending = minutes * 60, sorted(m * 60 for m in snapshots if m < minutes)
+        self.start, self.paused = time.process_time(), 0.0
+
+    @property
+    def used(self) -> float:
+        return time.process_time() - self.start - self.paused
+
+    def snapshot_due(self) -> bool:
+        if self.pending and self.used >= self.pending[0]:
+            self.pending.pop(0)
+            return True
+        return False
+
+    @contextlib.contextmanager
+    def pause(self):
+        t = time.process_time()
+        try:
+            yield
+        finally:
+            self.paused += time.process_time() - t
+
+
 def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_scale: float, anchor_scale: float,
-               seed: int) -> dict:
+               seed: int, snapshots: tuple[float, ...] = ()) -> list[dict]:
+    """torchvision's `kind` for `minutes` of CPU time; one row per snapshot (CPU minutes, evaluated
+    without stopping the schedule) and one at the end."""
     seed_everything(seed)
     train_set = CocoDetection(Path(coco_path) / "train2017", Path(coco_path) / "annotations" / "instances_train2017.json")
     val_set = CocoDetection(Path(coco_path) / "val2017", Path(coco_path) / "annotations" / "instances_val2017.json")
@@ -163,12 +193,19 @@ def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_s
     lr = BASE_LR[kind] * cfg.batch_size / 16 * lr_scale
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
     batches = _peer_batches(train_set, cfg.batch_size, torch.Generator().manual_seed(seed))
+    rows, steps, clock = [], 0, CpuBudget(minutes, list(snapshots))
+
+    def evaluate_now() -> None:
+        with clock.pause():
+            rows.append(_record(kind, _evaluate_peer(model, val_set, cfg.val_size), clock.used, steps, model, lr=lr))
+            model.train()
+            model.transform.min_size = tuple(parse_scales(cfg.scales) or [cfg.val_size])
+
     model.train()
-    start, steps = time.process_time(), 0
-    while (used := time.process_time() - start) < minutes * 60:
+    while clock.used < clock.budget:
         images, targets = next(batches)                               # loading counts: inside the clock
         for group in optimizer.param_groups:
-            group["lr"] = lr * _lr_at(used / (minutes * 60), steps, cfg.warmup_steps)
+            group["lr"] = lr * _lr_at(clock.used / clock.budget, steps, cfg.warmup_steps)
         losses = model(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
@@ -177,31 +214,45 @@ def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_s
         loss.backward()
         optimizer.step()
         steps += 1
-    cpu = time.process_time() - start
-    stats = _evaluate_peer(model, val_set, cfg.val_size)
-    return _record(kind, stats, cpu, steps, model, lr=lr)
+        if clock.snapshot_due():
+            evaluate_now()
+    evaluate_now()
+    return rows
 
 
 class _Budget(Exception):
     pass
 
 
-def train_detr(cfg: TrainConfig, minutes: float, seed: int) -> dict:
-    """The recipe's DETR for `minutes` of CPU time, with the same time-based lr drop as the peers."""
+def train_detr(cfg: TrainConfig, minutes: float, seed: int, snapshots: tuple[float, ...] = ()) -> list[dict]:
+    """The recipe's DETR for `minutes` of CPU time, with the same time-based lr drop as the peers; rows
+    as train_peer's."""
     run = setup_run(dataclasses.replace(cfg, seed=seed, num_workers=0), log=lambda message: None)
     model, optimizer, warmup = run.model, run.optimizer, run.warmup
     base = [group["lr"] for group in optimizer.param_groups]
-    start, steps = time.process_time(), 0
+    rows, steps, clock = [], 0, CpuBudget(minutes, list(snapshots))
+
+    def evaluate_now() -> None:
+        with clock.pause():
+            model.eval()
+            detections = {}
+            with torch.no_grad():
+                for images, mask, targets in run.val_loader():
+                    sizes = torch.stack([t["orig_size"] for t in targets])
+                    detections.update(coco_results(run.postprocess(model(images, mask), sizes), targets))
+            rows.append(_record("detr", _coco_stats(run.val_set, detections), clock.used, steps, model, lr=cfg.lr))
+            model.train()
 
     def after_step() -> None:
         nonlocal steps
         steps += 1
         warmup.step()
-        fraction = (time.process_time() - start) / (minutes * 60)
-        if fraction >= DROP_AT:
+        if clock.used >= DROP_AT * clock.budget:
             for group, lr in zip(optimizer.param_groups, base):
                 group["lr"] = lr * 0.1
-        if fraction >= 1.0:
+        if clock.snapshot_due():
+            evaluate_now()
+        if clock.used >= clock.budget:
             raise _Budget
 
     epoch = 0
@@ -210,15 +261,8 @@ def train_detr(cfg: TrainConfig, minutes: float, seed: int) -> dict:
             train_one_epoch(model, run.criterion, run.train_loader(epoch), optimizer, "cpu", epoch, cfg.clip_max_norm,
                             scheduler_step=after_step, progress=False)
             epoch += 1
-    cpu = time.process_time() - start
-    model.eval()
-    detections = {}
-    with torch.no_grad():
-        for images, mask, targets in run.val_loader():
-            sizes = torch.stack([t["orig_size"] for t in targets])
-            detections.update(coco_results(run.postprocess(model(images, mask), sizes), targets))
-    return {**_record("detr", _coco_stats(run.val_set, detections), cpu, steps, model, lr=cfg.lr),
-            "pretrain_cpu_minutes": round(run.pretrain_cpu_s / 60, 2)}
+    evaluate_now()
+    return rows
 
 
 def _record(detector: str, stats: list[float], cpu_s: float, steps: int, model: nn.Module, **extra) -> dict:
@@ -235,6 +279,8 @@ def main(argv: list[str]) -> None:
                         "backbone, sizes and batch for all (default: %(default)s)")
     parser.add_argument("--coco_path", default=None, help="COCO-layout folder (default: the recipe's data set)")
     parser.add_argument("--minutes", type=float, required=True, help="CPU minutes of training per detector")
+    parser.add_argument("--snapshots", default="", help="comma-separated CPU minutes at which each detector is also "
+                        "evaluated on the way (the schedule does not change: e.g. 4 in a 12-minute run)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", required=True, help="JSON lines file, appended to")
     parser.add_argument("--detectors", default="detr," + ",".join(PEERS), help="comma-separated (default: all four)")
@@ -254,17 +300,19 @@ def main(argv: list[str]) -> None:
     for detector in args.detectors.split(","):
         random.seed(args.seed)
         print(f"== {detector}: {args.minutes} CPU minutes on {coco_path} (seed {args.seed})", flush=True)
-        row = train_detr(cfg, args.minutes, args.seed) if detector == "detr" else \
-            train_peer(detector, cfg, coco_path, args.minutes, args.lr_scale, args.anchor_scale, args.seed)
-        row.update(data=str(coco_path), minutes_budget=args.minutes, seed=args.seed, recipe=args.recipe,
-                   backbone=f"{cfg.backbone} ({'ImageNet' if cfg.pretrained_backbone == 'imagenet' else 'pretrained on this data set'}, frozen)",
-                   pretrain_cpu_minutes=round(pretrain_cpu / 60, 2))
-        if detector != "detr":
-            row.update(lr_scale=args.lr_scale, anchor_scale=args.anchor_scale)
-        rows.append(row)
-        with open(args.out, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        snapshots = tuple(float(m) for m in args.snapshots.split(",") if m)
+        new_rows = train_detr(cfg, args.minutes, args.seed, snapshots) if detector == "detr" else \
+            train_peer(detector, cfg, coco_path, args.minutes, args.lr_scale, args.anchor_scale, args.seed, snapshots)
+        for row in new_rows:
+            row.update(data=str(coco_path), minutes_budget=args.minutes, seed=args.seed, recipe=args.recipe,
+                       backbone=f"{cfg.backbone} ({'ImageNet' if cfg.pretrained_backbone == 'imagenet' else 'pretrained on this data set'}, frozen)",
+                       pretrain_cpu_minutes=round(pretrain_cpu / 60, 2))
+            if detector != "detr":
+                row.update(lr_scale=args.lr_scale, anchor_scale=args.anchor_scale)
+            with open(args.out, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            print(json.dumps(row), flush=True)
+        rows += new_rows
     print(table(rows))
 
 

@@ -166,20 +166,59 @@ class Backbone(nn.Module):
         return out.features, out.mask
 
     def run(self, images: Tensor, padding_mask: Tensor) -> BackboneFeatures:
-        """`forward`'s two tensors, and with `keep_fine` also the stage before the last and its mask."""
+        """`forward`'s two tensors, and with `keep_fine` also the stage before the last and its mask.
+        A frozen backbone runs its BatchNorm folded into the convolutions (`folded_body`)."""
         x, fine = images.contiguous(memory_format=torch.channels_last), None
-        for name, stage in self.body.named_children():                      # what nn.Sequential does
+        body = self.folded_body() if self.frozen else self.body
+        for name, stage in body.named_children():                           # what nn.Sequential does
             x = stage(x)
             if name == self.fine_stage:
                 fine = x                                                    # (B, fine_channels, H/(stride/2), ...)
         return BackboneFeatures(x, _downsample(padding_mask, x), fine,     # x: (B, C, H/stride, W/stride)
                                 None if fine is None else _downsample(padding_mask, fine))
 
+    def folded_body(self) -> nn.Sequential:
+        """The body with every frozen BatchNorm folded into the convolution before it (weight * scale,
+        bias * scale + shift): the same function in one pass over memory instead of two, 2x faster on
+        a CPU for MobileNetV2 (benchmarks/README.md, "Folded BatchNorm"); equal to the body's output
+        within float rounding. Made once and kept until a weight changes (a load, a move); it is
+        not a submodule, so the state dict keeps the official keys. Only for a frozen backbone."""
+        tensors = list(self.body.parameters()) + list(self.body.buffers())
+        key = tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded")
+        if cached is None or cached[0] != key:
+            self.__dict__["_folded"] = cached = (key, fold_batchnorm(self.body))
+        return cached[1]
+
     @property
     def frozen(self) -> bool:
         """Nothing in it can change in training: no trainable parameter, no BatchNorm statistics."""
         return not any(p.requires_grad for p in self.parameters()) and \
             not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
+
+
+@torch.no_grad()
+def fold_batchnorm(body: nn.Module) -> nn.Module:
+    """A copy of `body` in which every FrozenBatchNorm2d that directly follows a Conv2d among its
+    parent's children (torchvision's ResNets: conv1, bn1, ...; MobileNetV2: conv, norm, activation)
+    is folded into that convolution and replaced by an identity."""
+    import copy
+
+    folded = copy.deepcopy(body)
+    for parent in folded.modules():
+        children = list(parent._modules.items())
+        for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
+                scale, shift = (v.flatten() for v in norm.affine())                   # (C,), (C,)
+                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
+                                  device=conv.weight.device, dtype=conv.weight.dtype)
+                fused.weight.copy_(conv.weight * scale[:, None, None, None])
+                fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
+                fused.requires_grad_(False)
+                setattr(parent, conv_name, fused.to(memory_format=torch.channels_last))
+                setattr(parent, norm_name, nn.Identity())
+    return folded
 
 
 def _downsample(padding_mask: Tensor, features: Tensor) -> Tensor:

@@ -70,5 +70,6 @@ def build_detr(cfg: DETRConfig) -> tuple[DETR, SetCriterion, PostProcess]:
                           anchor_queries=cfg.anchor_queries, query_selection=cfg.query_selection,
                           selection_nms=cfg.selection_nms, fine_memory=cfg.fine_memory, conditional=cfg.conditional)
     criterion = SuccessorCriterion(cfg.num_classes, matcher, weights, cfg.eos_coef, classification,
-                                   num_queries=cfg.num_queries if cfg.num_query_groups > 1 else None)
+                                   num_queries=cfg.num_queries if cfg.num_query_groups > 1 else None,
+                                   proposal_copies=cfg.proposal_copies)
     return model, criterion, PostProcess(classification)

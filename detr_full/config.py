@@ -53,6 +53,8 @@ class DETRConfig:
     query_selection: bool = False       # two-stage Deformable DETR / DINO: the first reference boxes are the
                                         # encoder tokens' best proposals, per image (needs spatial_prior)
     selection_nms: float = 0.0          # > 0: query selection skips proposals overlapping a better one (IoU)
+    proposal_copies: int = 1            # > 1: the proposals' loss matches each object to this many tokens
+                                        # (one-to-many, after H-DETR / Co-DETR; needs query_selection)
     fine_memory: bool = False           # Deformable DETR's finer level, in plain attention: the decoder layers
                                         # after the first also attend to the backbone's stage before the last
     conditional: bool = False           # Conditional DETR: a spatial query from each reference box's centre
@@ -125,7 +127,7 @@ C = TypeVar("C")
 PRETRAIN = "pretrain"                   # the pretrained_backbone value that asks for detr_full.pretrain's weights
 # DETRConfig fields whose non-default value asks for the successors' model (detr_full/successors/)
 SUCCESSOR_OPTIONS = ("num_query_groups", "spatial_prior", "dn_groups", "anchor_queries", "query_selection",
-                     "fine_memory", "conditional")
+                     "proposal_copies", "fine_memory", "conditional")
 PRETRAIN_TASKS = ("objects", "multilabel")
 
 
@@ -160,6 +162,9 @@ def check_config(cfg: DETRConfig) -> None:
     if not 0 <= cfg.selection_nms < 1 or (cfg.selection_nms and not cfg.query_selection):
         raise ConfigError(f"selection_nms={cfg.selection_nms}: the IoU above which query selection skips a proposal, "
                           "in [0, 1) (0: no NMS), and only with query_selection=True.")
+    if cfg.proposal_copies < 1 or (cfg.proposal_copies > 1 and not cfg.query_selection):
+        raise ConfigError(f"proposal_copies={cfg.proposal_copies}: how many encoder tokens each object is matched to in "
+                          "the proposals' loss, >= 1 (1: one-to-one), and > 1 only with query_selection=True.")
     if cfg.fine_memory and cfg.dec_layers < 2:
         raise ConfigError(f"fine_memory gives the decoder layers after the first a finer level to attend to: it needs "
                           f"dec_layers >= 2; got {cfg.dec_layers}.")

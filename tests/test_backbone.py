@@ -96,3 +96,47 @@ def test_frozen_bn_keeps_its_affine_until_a_buffer_changes():
     assert torch.equal(bn(x), direct(bn, x))
     bn.double()                                                          # a move to another dtype
     assert bn(x.double()).dtype == torch.float64 and torch.equal(bn(x.double()), direct(bn, x.double()))
+
+
+def _randomise_statistics(body):
+    g = torch.Generator().manual_seed(0)
+    for m in body.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+            m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_a_frozen_backbone_runs_with_its_batchnorm_folded_into_the_convolutions(name):
+    backbone = Backbone(name, train_backbone=False, stride=16, keep_fine=True)
+    _randomise_statistics(backbone.body)
+    backbone.double()              # float64: folding only reorders float rounding, so they must agree closely
+    images, mask = torch.rand(2, 3, 64, 96, dtype=torch.float64), torch.zeros(2, 64, 96, dtype=torch.bool)
+    keys = set(backbone.state_dict())
+    with torch.no_grad():
+        expected = backbone.body(images.contiguous(memory_format=torch.channels_last))
+        out = backbone.run(images, mask)
+    assert backbone.frozen
+    folded = backbone.folded_body()
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in folded.modules())       # every one folded
+    torch.testing.assert_close(out.features, expected, rtol=1e-9, atol=1e-9)
+    assert set(backbone.state_dict()) == keys                                        # official keys only
+    # new weights (a checkpoint loaded) make a new fold: never the stale one
+    state = {k: v * 2 if k.endswith("running_mean") else v for k, v in backbone.state_dict().items()}
+    backbone.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.run(images, mask).features,
+                                   backbone.body(images.contiguous(memory_format=torch.channels_last)),
+                                   rtol=1e-9, atol=1e-9)
+    assert backbone.folded_body() is not folded
+
+
+def test_a_trained_backbone_is_never_folded():
+    backbone = Backbone("resnet18", train_backbone=True, stride=16)
+    assert not backbone.frozen
+    images, mask = torch.rand(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
+    features = backbone.run(images, mask).features
+    assert features.requires_grad                                                    # gradients reach layer2-3
+    assert "_folded" not in backbone.__dict__

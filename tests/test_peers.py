@@ -31,10 +31,13 @@ def tiny():
 @pytest.mark.parametrize("detector", ["detr", *peers.PEERS])
 def test_each_detector_trains_for_its_budget_and_reports_the_fields(tiny, detector):
     torch.set_num_threads(1)
-    row = peers.train_detr(tiny, 0.02, seed=0) if detector == "detr" else \
-        peers.train_peer(detector, tiny, tiny.coco_path, 0.02, lr_scale=1.0, anchor_scale=1.0, seed=0)
+    rows = peers.train_detr(tiny, 0.03, seed=0, snapshots=(0.01,)) if detector == "detr" else \
+        peers.train_peer(detector, tiny, tiny.coco_path, 0.03, lr_scale=1.0, anchor_scale=1.0, seed=0, snapshots=(0.01,))
+    assert len(rows) == 2                                             # the snapshot, then the end
+    assert rows[0]["cpu_minutes"] >= 0.01 and rows[0]["steps"] <= rows[1]["steps"]
+    row = rows[-1]
     assert FIELDS <= set(row) and row["detector"] == detector
-    assert row["steps"] >= 1 and row["cpu_minutes"] >= 0.02          # it stops once the budget is spent
+    assert row["steps"] >= 1 and row["cpu_minutes"] >= 0.03          # it stops once the budget is spent
     assert all(-1 <= row[k] <= 1 for k in ("ap50", "ap", "aps", "apm", "apl"))
     assert row["params"] > 0
     json.dumps(row)                                                   # one JSON line

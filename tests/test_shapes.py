@@ -139,7 +139,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
 def test_ensure_shapes_refuses_foreign_folder(tmp_path):
     (tmp_path / "shapes").mkdir()
     (tmp_path / "shapes" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a finished shapes dataset"):
+    with pytest.raises(FileExistsError, match="not a finished data set"):
         ensure_shapes(tmp_path / "shapes", num_train=1, num_val=1)
 
 

@@ -4,7 +4,7 @@ successors' outputs add, for the composed model (model.py).
 - query groups (group_detr.py): in training the outputs hold K groups of Q queries; each group is
   matched and scored on its own and the terms averaged;
 - `enc_outputs`, the encoder tokens' proposals (query_selection.py): the same Hungarian loss,
-  suffix `_enc`;
+  suffix `_enc`, matched one-to-many with `proposal_copies` > 1 (one_to_many.py);
 - `dn_outputs`, the denoising queries (denoising.py): their own terms, `loss_dn_*`.
 On outputs with none of these it is exactly SetCriterion.
 """
@@ -20,15 +20,17 @@ from detr_full.criterion import SetCriterion
 from detr_full.matcher import HungarianMatcher, PaddedTargets
 from detr_full.successors.denoising import denoising_losses
 from detr_full.successors.group_detr import average_groups, split_groups
+from detr_full.successors.one_to_many import repeat_targets
 
 
 class SuccessorCriterion(SetCriterion):
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float],
                  eos_coef: float = 0.1, classification: Optional[ClassificationRule] = None,
-                 num_queries: Optional[int] = None):
-        """num_queries: Q, the queries of one group, when the model trains query groups (None: no groups)."""
+                 num_queries: Optional[int] = None, proposal_copies: int = 1):
+        """num_queries: Q, the queries of one group, when the model trains query groups (None: no groups);
+        proposal_copies: the tokens each object is matched to in the proposals' loss (one_to_many.py)."""
         super().__init__(num_classes, matcher, weight_dict, eos_coef, classification)
-        self.num_queries = num_queries
+        self.num_queries, self.proposal_copies = num_queries, proposal_copies
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, Tensor]:
         self.check_targets(targets)
@@ -41,8 +43,10 @@ class SuccessorCriterion(SetCriterion):
         if "enc_outputs" in outputs:                                          # the encoder tokens' proposals
             enc = outputs["enc_outputs"]
             logits, boxes = enc["pred_logits"][None], enc["pred_boxes"][None]   # one readout: (1, B, L, .)
-            (enc_losses,) = self.matched_losses(logits, boxes, padded, self.matcher.match_layers(logits, boxes, padded),
-                                                num_boxes, with_class_error=False)
+            copies = self.proposal_copies
+            repeated = padded if copies == 1 else PaddedTargets.of(repeat_targets(targets, copies))
+            (enc_losses,) = self.matched_losses(logits, boxes, repeated, self.matcher.match_layers(logits, boxes, repeated),
+                                                num_boxes * copies, with_class_error=False)
             losses.update({f"{k}_enc": v for k, v in enc_losses.items()})
         if "dn_outputs" in outputs:                                           # the denoising queries
             losses.update(denoising_losses(outputs["dn_outputs"], self.classification, self.weight_dict))
