@@ -109,12 +109,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "notebooks" / "results"   # the 
 
 def save_run(name: str, notebook: str, parameters: dict[str, Any], results: Any) -> Path:
     """Store a notebook run's `results` (JSON-able) as notebooks/results/<name>.json, with the
-    papermill command that makes them again: `notebook` run with `parameters` (every one of them)."""
+    papermill command that makes them again: `notebook` run with `parameters` (every one of them).
+    A value JSON has no type for (a torch.device a notebook resolved, a Path) is stored as its text,
+    as the command spells it."""
     args = " ".join(f"-p {k} {shlex.quote(str(v))}" for k, v in parameters.items())
     command = f"papermill notebooks/{notebook} /tmp/{name}.ipynb -k python3 --cwd notebooks {args}"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"command": command, "parameters": parameters, "results": results}, indent=1) + "\n")
+    stored = json.dumps({"command": command, "parameters": parameters, "results": results}, indent=1, default=str)
+    path.write_text(stored + "\n")       # made in full first: a value that fails leaves no half-written file
     return path
 
 

@@ -7,7 +7,8 @@ from detr_full.build import build_detr
 from detr_full.checkpoint import save_checkpoint
 from detr_full.config import model_config
 from detr_full.course import (COMPARISON_RECIPE, COURSE_CHECKPOINTS, SUCCESSOR_FIXES, comparison_recipe,
-                              course_detector, find_course_checkpoint, published_recipe, train_briefly)
+                              course_detector, find_course_checkpoint, published_recipe, save_run, stored_run,
+                              train_briefly)
 
 
 def test_course_checkpoint_prefers_make_train_over_the_recipe_notebooks(tmp_path):
@@ -64,3 +65,15 @@ def test_published_recipe_is_detr_as_published_at_the_recipes_size():
     model, criterion, _ = build_detr(model_config(cfg))
     assert type(model).__name__ == "DETR" and type(criterion).__name__ == "SetCriterion"   # no successor option
     assert (cfg.hidden_dim, cfg.num_queries, cfg.lr) == (128, 10, 1e-3)
+
+
+def test_a_stored_run_keeps_its_command_and_the_values_a_notebook_resolved(tmp_path, monkeypatch):
+    monkeypatch.setattr("detr_full.course.RESULTS", tmp_path)
+    parameters = {"steps": 400, "device": torch.device("cpu"), "coco_path": None, "save_as": "run"}
+    path = save_run("run", "07_auxiliary_decoding_losses.ipynb", parameters, {"AP50": [0.1, 0.2]})
+    stored = stored_run("run")
+    assert path == tmp_path / "run.json"
+    assert stored["command"] == ("papermill notebooks/07_auxiliary_decoding_losses.ipynb /tmp/run.ipynb -k python3 "
+                                 "--cwd notebooks -p steps 400 -p device cpu -p coco_path None -p save_as run")
+    assert stored["parameters"]["device"] == "cpu" and stored["results"] == {"AP50": [0.1, 0.2]}
+    assert stored_run("another") is None
