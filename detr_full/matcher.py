@@ -59,10 +59,10 @@ class Matching(NamedTuple):
         return Matching(torch.zeros_like(self.layer_idx[part]), self.batch_idx[part], self.query_idx[part],
                         self.target_idx[part], [self.sizes[i]])
 
-    def per_image(self, sizes: list[int], num_queries: int) -> list[tuple[Tensor, Tensor]]:
-        """A one-layer Matching in the official format: B pairs (query_idx, target_idx), int64 on the CPU,
-        of min(Q, T_b) each."""
-        counts = [min(num_queries, size) for size in sizes]
+    def per_image(self, num_images: int) -> list[tuple[Tensor, Tensor]]:
+        """A one-layer Matching in the official format: `num_images` pairs (query_idx, target_idx), int64
+        on the CPU, of min(Q, T_b) each for the Hungarian matching (more with one_to_many.py's)."""
+        counts = torch.bincount(self.batch_idx.cpu(), minlength=num_images).tolist()
         return list(zip(self.query_idx.cpu().split(counts), self.target_idx.cpu().split(counts)))
 
     @classmethod
@@ -148,4 +148,4 @@ class HungarianMatcher(nn.Module):
         check_targets(targets)                  # values read on the host: this interface returns CPU indices anyway
         padded = PaddedTargets.of(targets)
         matching = self.match_layers(outputs["pred_logits"][None], outputs["pred_boxes"][None], padded)
-        return matching.per_image(padded.sizes, outputs["pred_logits"].shape[1])
+        return matching.per_image(len(targets))

@@ -92,12 +92,12 @@ def test_matching_every_layer_at_once_equals_matching_each_on_its_own():
         assert len(matching.sizes) == 3
         for layer in range(3):
             expected = matcher({"pred_logits": logits[layer], "pred_boxes": boxes[layer]}, targets)
-            _assert_same(matching.layer(layer).per_image([len(t["labels"]) for t in targets], num_queries), expected)
+            _assert_same(matching.layer(layer).per_image(len(targets)), expected)
     # ties: every query predicts the same class and box, so every assignment costs the same
     tied = {"pred_logits": torch.zeros(2, 5, 6), "pred_boxes": torch.full((2, 5, 4), 0.5)}
     _, targets = _random_batch([3, 2], 5)
     matching = matcher.match_layers(tied["pred_logits"][None], tied["pred_boxes"][None], targets)
-    _assert_same(matching.per_image([3, 2], 5), matcher(tied, targets))
+    _assert_same(matching.per_image(2), matcher(tied, targets))
 
 
 def test_golden_indices_of_every_layer_in_one_call(golden):
@@ -105,9 +105,8 @@ def test_golden_indices_of_every_layer_in_one_call(golden):
     readouts = outputs["aux_outputs"] + [outputs]
     matching = HungarianMatcher(**ref["costs"]).match_layers(
         torch.stack([r["pred_logits"] for r in readouts]), torch.stack([r["pred_boxes"] for r in readouts]), targets)
-    sizes, num_queries = [len(t["labels"]) for t in targets], outputs["pred_logits"].shape[1]
     for layer, expected in enumerate(ref["aux_indices"] + [ref["indices"]]):
-        _assert_same(matching.layer(layer).per_image(sizes, num_queries), expected)
+        _assert_same(matching.layer(layer).per_image(len(targets)), expected)
 
 
 def test_non_finite_outputs_are_a_clear_error():

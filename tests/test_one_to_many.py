@@ -1,4 +1,5 @@
-"""proposal_copies: the encoder's proposals matched one-to-many; the decoder's loss untouched."""
+"""One-to-many matching: OneToManyMatcher (notebook 15's ablation) and proposal_copies (the encoder's
+proposals matched one-to-many; the decoder's loss untouched)."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from detr_full.build import build_detr
 from detr_full.config import ConfigError, DETRConfig
 from detr_full.criterion import SetCriterion
 from detr_full.matcher import HungarianMatcher
-from detr_full.successors.one_to_many import repeat_targets
+from detr_full.successors.one_to_many import OneToManyMatcher, repeat_targets
 
 
 def _setup(copies):
@@ -59,3 +60,31 @@ def test_proposal_copies_needs_query_selection():
         build_detr(DETRConfig(num_classes=5, spatial_prior=True, proposal_copies=2))
     with pytest.raises(ConfigError, match=">= 1"):
         build_detr(DETRConfig(num_classes=5, proposal_copies=0))
+
+
+def test_the_one_to_many_matcher_gives_each_object_k_queries_through_both_interfaces():
+    torch.manual_seed(0)
+    logits, boxes = torch.randn(2, 2, 10, 6), torch.rand(2, 2, 10, 4) * 0.5 + 0.25    # (L, B, Q, K), (L, B, Q, 4)
+    targets = _targets() + [{"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}]
+    logits, boxes = torch.cat([logits, logits[:, :1]], 1), torch.cat([boxes, boxes[:, :1]], 1)   # a third, empty image
+    matcher = OneToManyMatcher(3, 1, 5, 2)
+    matching = matcher.match_layers(logits, boxes, targets)
+    for layer in range(2):
+        per_image = matching.layer(layer).per_image(3)
+        assert sorted(per_image[0][1].tolist()) == [0, 0, 0, 1, 1, 1] and len(set(per_image[0][0].tolist())) == 6
+        assert per_image[1][1].tolist() == [0, 0, 0] and len(per_image[2][0]) == 0
+        one_layer = matcher({"pred_logits": logits[layer], "pred_boxes": boxes[layer]}, targets)   # the official interface
+        for (q, j), (q2, j2) in zip(per_image, one_layer):
+            assert torch.equal(q, q2) and torch.equal(j, j2)
+    assert sorted(HungarianMatcher(1, 5, 2).match_layers(logits, boxes, targets).layer(0).per_image(3)[0][1].tolist()) == [0, 1]
+
+
+def test_the_criterion_trains_with_the_one_to_many_matcher():
+    # the criterion matches through match_layers: a subclass that only changed `forward` would go unseen
+    torch.manual_seed(0)
+    outputs = {"pred_logits": torch.randn(2, 10, 6), "pred_boxes": torch.rand(2, 10, 4) * 0.5 + 0.25}
+    weights = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    one = SetCriterion(5, HungarianMatcher(1, 5, 2), weights, eos_coef=0.1)(outputs, _targets())
+    many = SetCriterion(5, OneToManyMatcher(3, 1, 5, 2), weights, eos_coef=0.1)(outputs, _targets())
+    assert one["cardinality_error"] == many["cardinality_error"]                  # no matching in it
+    assert not torch.allclose(one["loss_bbox"], many["loss_bbox"])                # 3 boxes per object now
