@@ -69,6 +69,8 @@ notebook-results: $(VENV)/.installed
 		-p val_images 200 -p warmup_steps 50 -p runs all -p seed $$seed -p save_as 09_why_slow_seed$$seed || exit 1; done
 	for seed in 42 1; do $(RESULTS_RUN) 10_learning_in_minutes.ipynb /tmp/10.ipynb -p steps 1000 -p eval_every 100 \
 		-p val_images 200 -p warmup_steps 100 -p seed $$seed -p save_as 10_learning_in_minutes_seed$$seed || exit 1; done
+	for seed in 42 1; do $(RESULTS_RUN) 14_detr_on_real_photographs.ipynb /tmp/14.ipynb -p full_run True \
+		-p output_dir ../outputs/trees_seed$$seed -p seed $$seed -p save_as 14_trees_seed$$seed || exit 1; done
 	$(RESULTS_RUN) 15_paper_ablations_on_shapes.ipynb /tmp/15.ipynb -p steps 400 -p eval_every 100 \
 		-p val_images 200 -p warmup_steps 50 -p save_as 15_ablations_400_steps
 
