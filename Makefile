@@ -51,12 +51,12 @@ train: $(VENV)/.installed
 trees: $(VENV)/.installed
 	$(PY) -m detr_full.train --recipe trees_cpu --output_dir outputs/trees $(if $(wildcard outputs/trees/checkpoint.pth),--resume outputs/trees/checkpoint.pth,)
 
-# Every notebook in course order, in place; 11 as make train runs it (it resumes make train's run, so after
-# `make train` it only draws), and 12 and 13 then start from make train's checkpoint.
+# Every notebook in course order, in place; 11 is taken from make train's executed copy (run make train
+# first: outputs/11_full_training.ipynb), and 12 and 13 then start from make train's checkpoint.
 notebooks: $(VENV)/.installed
 	for nb in $(NOTEBOOKS); do \
 		$(PY) notebooks/execute.py $$nb \
-			$$(case $$nb in *11_full_training*) echo "-p full_shapes True -p resume auto";; esac) || exit 1; done
+			$$(case $$nb in *11_full_training*) echo "--from outputs/11_full_training.ipynb";; esac) || exit 1; done
 
 # The long runs the training notebooks draw beside their short default runs (notebooks/results/README.md:
 # what each is, and its minutes on 2 CPU cores). Each writes notebooks/results/<name>.json.
