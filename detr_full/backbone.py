@@ -25,6 +25,7 @@ drops the `layer4` (and `layer3`) keys. MobileNetV2's body keys are its `feature
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import NamedTuple, Optional, Union
 
@@ -202,8 +203,6 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
     """A copy of `body` in which every FrozenBatchNorm2d that directly follows a Conv2d among its
     parent's children (torchvision's ResNets: conv1, bn1, ...; MobileNetV2: conv, norm, activation)
     is folded into that convolution and replaced by an identity."""
-    import copy
-
     folded = copy.deepcopy(body)
     for parent in folded.modules():
         children = list(parent._modules.items())

@@ -1,24 +1,24 @@
-"""One-to-many supervision of the encoder's proposals: each object matched to k tokens, not one.
+"""One-to-many matching: each object matched to k queries or tokens, not one.
 
-Why: with query selection (query_selection.py) every encoder token proposes a box, and the
-proposals get DETR's Hungarian loss: each object is matched to exactly one of the L tokens, all the
-others are trained towards "no object". On an image with a few objects that is enough. On a dense
-one (tree crowns: 30-60 objects among 625 tokens) the proposal head learns slowly: each object
-teaches one token to say "here", and its neighbours, which see almost the same crown, are told
-"nothing". One-stage detectors (FCOS, RetinaNet) make every token near an object a positive for
-that reason. H-DETR (Jia et al. 2023, arXiv 2207.13080) and Co-DETR (Zong et al. 2023, arXiv
-2211.12860) bring that back into DETR as extra one-to-many supervision beside the one-to-one
-matching; DINO-style query selection is where it costs nothing: the selection's NMS
-(`selection_nms`) already keeps two proposals of one object from both becoming queries, and the
-decoder's queries stay matched one-to-one.
+Why: DETR's Hungarian loss matches each object to exactly one prediction and trains all the others
+towards "no object". For the decoder's queries that is the point (one query per object, no NMS;
+notebook 15 trains the opposite to show it). For the encoder's proposals of query selection
+(query_selection.py), where every token proposes a box, it can be slow: on a dense image (tree
+crowns: 30-60 objects among 625 tokens) each object teaches one token to say "here", and its
+neighbours, which see almost the same crown, are told "nothing". One-stage detectors (FCOS,
+RetinaNet) make every token near an object a positive for that reason; H-DETR (Jia et al. 2023,
+arXiv 2207.13080) and Co-DETR (Zong et al. 2023, arXiv 2211.12860) bring that back into DETR as
+extra one-to-many supervision beside the one-to-one matching. On the proposals it costs nothing:
+the selection's NMS (`selection_nms`) keeps two proposals of one object from both becoming
+queries, and the decoder's queries stay matched one-to-one.
 
-Two uses here. `OneToManyMatcher` is the Hungarian matcher on the targets repeated k times, for the
-decoder's own loss: notebook 15's ablation of the paper's one-to-one matching (each object gets k
-queries, so the model learns to answer it k times, and needs NMS). And with `proposal_copies = k` the proposals' loss (the `_enc` terms) matches the targets
-repeated k times, so the Hungarian matcher gives each object up to k tokens; the box terms are
-normalised by k times the number of objects, so each object weighs as much as before. The
-decoder's loss is untouched. Used through `DETRConfig.proposal_copies` (needs query_selection;
-1 = off).
+Two uses here:
+- `OneToManyMatcher`, the Hungarian matcher on the targets repeated k times, in place of the
+  decoder's matcher: notebook 15's ablation of one-to-one matching;
+- `DETRConfig.proposal_copies = k` (needs query_selection; 1 = off): the proposals' loss (the `_enc`
+  terms, successors/criterion.py) matches the targets repeated k times, the box terms normalised by
+  k times the number of objects, so each object weighs as much as before; the decoder's loss is
+  untouched.
 """
 
 from __future__ import annotations
