@@ -180,8 +180,9 @@ class Backbone(nn.Module):
 
     def folded_body(self) -> nn.Sequential:
         """The body with every frozen BatchNorm folded into the convolution before it (weight * scale,
-        bias * scale + shift): the same function in one pass over memory instead of two, 2x faster on
-        a CPU for MobileNetV2 (benchmarks/README.md, "Folded BatchNorm"); equal to the body's output
+        bias * scale + shift): the same function in one pass over memory instead of two (on a CPU 1.4x
+        faster for the trees recipe's MobileNetV2, 1.04x for make train's ResNet-18: benchmarks/README.md,
+        "Folded BatchNorm"); equal to the body's output
         within float rounding. Made once and kept until a weight changes (a load, a move); it is
         not a submodule, so the state dict keeps the official keys. Only for a frozen backbone."""
         tensors = list(self.body.parameters()) + list(self.body.buffers())
