@@ -210,9 +210,10 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
         for (conv_name, conv), (norm_name, norm) in zip(children, children[1:]):
             if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
                 scale, shift = (v.flatten() for v in norm.affine())                   # (C,), (C,)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                  conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
-                                  device=conv.weight.device, dtype=conv.weight.dtype)
+                fused = nn.utils.skip_init(nn.Conv2d, conv.in_channels, conv.out_channels, conv.kernel_size,   # no
+                                           conv.stride, conv.padding, conv.dilation, conv.groups, bias=True,   # draw
+                                           padding_mode=conv.padding_mode, device=conv.weight.device,          # from
+                                           dtype=conv.weight.dtype)                                            # the RNG
                 fused.weight.copy_(conv.weight * scale[:, None, None, None])
                 fused.bias.copy_(shift if conv.bias is None else conv.bias * scale + shift)
                 fused.requires_grad_(False)

@@ -140,3 +140,14 @@ def test_a_trained_backbone_is_never_folded():
     features = backbone.run(images, mask).features
     assert features.requires_grad                                                    # gradients reach layer2-3
     assert "_folded" not in backbone.__dict__
+
+
+def test_folding_draws_nothing_from_the_random_stream():
+    # the first forward of a frozen backbone folds it: a run that folds (or resumes and folds again) must
+    # see the same random numbers afterwards as one that does not
+    backbone = Backbone("resnet18", train_backbone=False, stride=16)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    backbone.folded_body()
+    assert torch.equal(torch.rand(3), expected)

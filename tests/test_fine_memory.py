@@ -32,8 +32,9 @@ def test_run_keeps_the_stage_before_the_last():
     images, mask = images_and_mask()
     out = backbone.run(images, mask)
     x = images
+    body = backbone.folded_body()                                    # what a frozen backbone runs (backbone.py)
     for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2"):
-        x = getattr(backbone.body, name)(x)
+        x = getattr(body, name)(x)
     torch.testing.assert_close(out.fine, x, rtol=0, atol=0)         # layer2: (2, 128, 12, 16), stride 8
     assert out.fine.shape == (2, 128, 12, 16) and out.features.shape == (2, 256, 6, 8)
     assert out.fine_mask.shape == (2, 12, 16) and out.fine_mask[1, :, 10:].all() and not out.fine_mask[1, :, :10].any()
