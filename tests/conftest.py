@@ -43,3 +43,17 @@ def golden_model(golden):
     model = build_detr(DETRConfig(**golden["config"]["overrides"]))[0]
     model.load_state_dict({k: v.float() for k, v in golden["state_dict"].items()})
     return model.eval()
+
+
+@pytest.fixture
+def verdict(capsys):
+    """verdict(checker, fn, *words): run an exercise checker on `fn`, assert it printed exactly one line
+    holding every one of `words`, and return what the checker returned (True: accepted)."""
+    def run(checker, fn, *expected_words):
+        ok = checker(fn)
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1, out
+        for word in expected_words:
+            assert word in out, out
+        return ok
+    return run

@@ -3,15 +3,6 @@
 from detr_full.exercises.trees import check_crowns_in_tile, check_tile_origins
 
 
-def _verdict(capsys, checker, fn, *expected_words):
-    ok = checker(fn)
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1, out
-    for word in expected_words:
-        assert word in out, out
-    return ok
-
-
 def _origins(size, tile):                                 # a learner's loop
     n = max(size // tile, 1)
     if n == 1:
@@ -20,14 +11,14 @@ def _origins(size, tile):                                 # a learner's loop
     return [int(i * step + 0.5) for i in range(n)]
 
 
-def test_tile_origins_checker(capsys):
-    assert _verdict(capsys, check_tile_origins, _origins, "OK:")
-    assert not _verdict(capsys, check_tile_origins, lambda s, t: None, "returns None")
-    assert not _verdict(capsys, check_tile_origins, lambda s, t: list(range(0, s - t + 1, t)), "leave the last")
-    assert not _verdict(capsys, check_tile_origins, lambda s, t: list(range(0, s, t)), "past the photograph")
+def test_tile_origins_checker(verdict):
+    assert verdict(check_tile_origins, _origins, "OK:")
+    assert not verdict(check_tile_origins, lambda s, t: None, "returns None")
+    assert not verdict(check_tile_origins, lambda s, t: list(range(0, s - t + 1, t)), "leave the last")
+    assert not verdict(check_tile_origins, lambda s, t: list(range(0, s, t)), "past the photograph")
     overlapping = lambda s, t: [round(i * (s - t) / max(-(-s // t) - 1, 1)) for i in range(-(-s // t))]  # noqa: E731
-    assert not _verdict(capsys, check_tile_origins, overlapping, "overlap")
-    assert not _verdict(capsys, check_tile_origins, lambda s, t: 1 / 0, "ZeroDivisionError")
+    assert not verdict(check_tile_origins, overlapping, "overlap")
+    assert not verdict(check_tile_origins, lambda s, t: 1 / 0, "ZeroDivisionError")
 
 
 def _crowns(boxes, x, y, tile, min_inside, clip=True, shift=True, by="area", keep_any=False):
@@ -44,13 +35,13 @@ def _crowns(boxes, x, y, tile, min_inside, clip=True, shift=True, by="area", kee
     return out
 
 
-def test_crowns_in_tile_checker(capsys):
-    assert _verdict(capsys, check_crowns_in_tile, _crowns, "OK:")
-    assert not _verdict(capsys, check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, clip=False), "clip")
-    assert not _verdict(capsys, check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, shift=False),
+def test_crowns_in_tile_checker(verdict):
+    assert verdict(check_crowns_in_tile, _crowns, "OK:")
+    assert not verdict(check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, clip=False), "clip")
+    assert not verdict(check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, shift=False),
                         "subtract the tile's corner")
-    assert not _verdict(capsys, check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, by="side"),
+    assert not verdict(check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, by="side"),
                         "compare areas")
-    assert not _verdict(capsys, check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, keep_any=True),
+    assert not verdict(check_crowns_in_tile, lambda b, x, y, t, m: _crowns(b, x, y, t, m, keep_any=True),
                         "sliver")
-    assert not _verdict(capsys, check_crowns_in_tile, lambda b, x, y, t, m: None, "return a list")
+    assert not verdict(check_crowns_in_tile, lambda b, x, y, t, m: None, "return a list")
