@@ -120,7 +120,9 @@ def build(device: torch.device):
     return cfg, model, criterion, build_optimizer(model, cfg)
 
 
-def count(size, batch_size, log_every, device) -> tuple[dict, dict]:
+def count(size, batch_size, log_every, device, epoch_steps: int = 1) -> tuple[dict, dict]:
+    """Ops and reads per step: the mean over one counted epoch of `epoch_steps` steps (its closing read of
+    the logged values included, so a one-step epoch counts that read in full)."""
     torch.manual_seed(0)
     cfg, model, criterion, optimizer = build(device)
     steps = [batch(size, batch_size, device, seed) for seed in (0, 1)]
@@ -130,11 +132,12 @@ def count(size, batch_size, log_every, device) -> tuple[dict, dict]:
     undo = instrument(model, criterion, optimizer, anatomy)
     try:
         with anatomy:
-            train_one_epoch(model, criterion, steps[1:], optimizer, device, 0, cfg.clip_max_norm, progress=False,
-                            **kwargs)
+            train_one_epoch(model, criterion, steps[1:] * epoch_steps, optimizer, device, 0, cfg.clip_max_norm,
+                            progress=False, **kwargs)
     finally:
         undo()
-    return dict(anatomy.ops), dict(anatomy.reads)
+    return ({k: v / epoch_steps for k, v in anatomy.ops.items()},
+            {k: v / epoch_steps for k, v in anatomy.reads.items()})
 
 
 def gpu_figures(size, batch_size, steps: int, amp: bool, graphs: bool) -> dict:
@@ -177,16 +180,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--log_every", type=int, default=20, help="engine: read the logged values every N steps")
     parser.add_argument("--steps", type=int, default=50, help="timed steps on a GPU")
+    parser.add_argument("--epoch_steps", type=int, default=1, help="steps in the counted epoch; the figures are "
+                        "per step, its mean (e.g. --epoch_steps 20 --size 320 320: the steady state, cheaply)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
-    ops, reads = count(tuple(args.size), args.batch, args.log_every, cpu)
+    ops, reads = count(tuple(args.size), args.batch, args.log_every, cpu, args.epoch_steps)
     print(f"one training step on the CPU, R50 6+6 layers, 100 queries, batch {args.batch} at {args.size[0]}x"
-          f"{args.size[1]}, log_every {args.log_every}")
+          f"{args.size[1]}, log_every {args.log_every}: the mean over an epoch of {args.epoch_steps} step(s)")
     print(f"{'phase':10s} {'aten ops':>9s} {'reads to host':>14s}")
     for phase in PHASES:
-        print(f"{phase:10s} {ops.get(phase, 0):9d} {reads.get(phase, 0):14d}")
-    print(f"{'total':10s} {sum(ops.values()):9d} {sum(reads.values()):14d}   (reads outside the optimizer)")
+        print(f"{phase:10s} {ops.get(phase, 0):9.0f} {reads.get(phase, 0):14.2f}")
+    print(f"{'total':10s} {sum(ops.values()):9.0f} {sum(reads.values()):14.2f}   (reads outside the optimizer)")
     if not torch.cuda.is_available():
         print("no CUDA device: the GPU figures (wall and kernel time per step, launches, memcpys, syncs) were not "
               "measured")
