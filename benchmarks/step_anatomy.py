@@ -109,7 +109,7 @@ def batch(size: tuple[int, int], count: int, device: torch.device, seed: int = 0
     return images.to(device), mask.to(device), [{k: v.to(device) for k, v in t.items()} for t in targets]
 
 
-def build(device: torch.device):
+def build(device: torch.device, fused: bool = False):
     from detr_full.build import build_detr
     cfg = TrainConfig(num_classes=91, pretrained_backbone="")           # the paper's model, official defaults
     model, criterion, _ = build_detr(model_config(cfg))
@@ -117,14 +117,18 @@ def build(device: torch.device):
         criterion.validate_targets = False                              # a training run's: collate checked them
     model.to(device)
     criterion.to(device)
-    return cfg, model, criterion, build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)
+    if fused:                                  # what a GPU gets (build_optimizer fuses there): the CPU has it too
+        groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    return cfg, model, criterion, optimizer
 
 
-def count(size, batch_size, log_every, device, epoch_steps: int = 1) -> tuple[dict, dict]:
+def count(size, batch_size, log_every, device, epoch_steps: int = 1, fused: bool = False) -> tuple[dict, dict]:
     """Ops and reads per step: the mean over one counted epoch of `epoch_steps` steps (its closing read of
     the logged values included, so a one-step epoch counts that read in full)."""
     torch.manual_seed(0)
-    cfg, model, criterion, optimizer = build(device)
+    cfg, model, criterion, optimizer = build(device, fused)
     steps = [batch(size, batch_size, device, seed) for seed in (0, 1)]
     kwargs = {"log_every": log_every} if "log_every" in train_one_epoch.__code__.co_varnames else {}
     train_one_epoch(model, criterion, steps[:1], optimizer, device, 0, cfg.clip_max_norm, progress=False, **kwargs)
@@ -180,14 +184,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--log_every", type=int, default=20, help="engine: read the logged values every N steps")
     parser.add_argument("--steps", type=int, default=50, help="timed steps on a GPU")
+    parser.add_argument("--fused", action="store_true", help="count with the fused AdamW a GPU run gets (its "
+                        "found_inf replaces the per-step finiteness read)")
     parser.add_argument("--epoch_steps", type=int, default=1, help="steps in the counted epoch; the figures are "
                         "per step, its mean (e.g. --epoch_steps 20 --size 320 320: the steady state, cheaply)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
-    ops, reads = count(tuple(args.size), args.batch, args.log_every, cpu, args.epoch_steps)
+    ops, reads = count(tuple(args.size), args.batch, args.log_every, cpu, args.epoch_steps, args.fused)
     print(f"one training step on the CPU, R50 6+6 layers, 100 queries, batch {args.batch} at {args.size[0]}x"
-          f"{args.size[1]}, log_every {args.log_every}: the mean over an epoch of {args.epoch_steps} step(s)")
+          f"{args.size[1]}, log_every {args.log_every}{', fused AdamW' if args.fused else ''}: the mean over an epoch of "
+          f"{args.epoch_steps} step(s)")
     print(f"{'phase':10s} {'aten ops':>9s} {'reads to host':>14s}")
     for phase in PHASES:
         print(f"{phase:10s} {ops.get(phase, 0):9.0f} {reads.get(phase, 0):14.2f}")
