@@ -9,6 +9,7 @@ goes to `--out`; the table is printed.
 
     python benchmarks/peers.py --coco_path data/shapes --minutes 4 --seed 42 --out /tmp/peers.jsonl
     python benchmarks/peers.py --recipe trees_cpu --minutes 12 --snapshots 4 --seed 1 --out /tmp/peers_trees.jsonl
+    python benchmarks/peers.py --summarize /tmp/peers.jsonl /tmp/peers_trees.jsonl --store 15_peers
 
 The backbone is the recipe's, pretrained and frozen for all four: with `shapes_cpu` the ResNet-18
 that detr_full.pretrain makes for that data set (its pretraining counted once, reported apart as
@@ -22,12 +23,14 @@ The peers use torchvision's standard settings, adapted only to the image size:
   `min_size` = its `val_size`), in torchvision's own transform (ImageNet normalisation);
 - anchors follow torchvision's rule, one octave per level, scaled to the objects: Faster R-CNN
   `(4 * stride,)` x aspect ratios (0.5, 1, 2) per level; RetinaNet `4 * stride` x 2^(0, 1/3, 2/3) x
-  (0.5, 1, 2); FCOS one point per cell, of size `stride` (its levels' size ranges follow); `--anchor_scale
-  0.5` halves them for small
-  objects (the trees: crowns of 13-95 px);
+  (0.5, 1, 2); FCOS one point per cell, of size `stride` (its levels' size ranges follow);
+  `--anchor_scale 0.5` halves them for small objects (the trees: crowns of 13-95 px);
+- Faster R-CNN's proposal and sampled-RoI counts scale with the image's area (`proposal_counts`):
+  torchvision's 2000 proposals and 512 RoIs per image are for 800 px images, and at 176 px they made
+  a step cost 13 s of CPU against DETR's 0.5 (`--proposals standard` keeps them);
 - the reference recipes' optimiser: SGD, momentum 0.9, weight decay 1e-4, lr 0.02 (Faster R-CNN)
   or 0.01 (RetinaNet, FCOS) per 16 images scaled to the batch, a linear warm-up, gradient clipping
-  off; every other setting (RPN and RoI sampling, score thresholds 0.05 / 0.05 / 0.2, 100
+  off; every other setting (RPN and RoI sampling ratios, score thresholds 0.05 / 0.05 / 0.2, 100
   detections per image) torchvision's defaults;
 - every detector, DETR included, gets the same batch size, the same horizontal flips, and the same
   schedule in CPU time: lr / 10 after 75 % of the budget (the recipe drops at 9 of 12 epochs).
@@ -53,16 +56,19 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from detr_full.backbone import Backbone
 from detr_full.config import RECIPES, TrainConfig, parse_scales
+from detr_full.course import RESULTS
 from detr_full.data.coco import CocoDetection, coco_api
 from detr_full.engine import coco_results, run_coco_eval, train_one_epoch
 from detr_full.rng import seed_everything
 from detr_full.run_setup import prepared_dataset, setup_run
 
+REPO = Path(__file__).resolve().parents[1]
 PEERS = ("faster_rcnn", "retinanet", "fcos")
 BASE_LR = {"faster_rcnn": 0.02, "retinanet": 0.01, "fcos": 0.01}   # torchvision's references, per 16 images
 DROP_AT = 0.75
@@ -91,16 +97,33 @@ class PyramidBody(nn.Module):
         return self.fpn(maps)                                     # "0", "1", "pool" (stride 32)
 
 
-def build_peer(kind: str, cfg: TrainConfig, num_classes: int, anchor_scale: float) -> nn.Module:
+def proposal_counts(cfg: TrainConfig) -> dict[str, int]:
+    """Faster R-CNN's proposal and RoI counts scaled to the image's area: torchvision's defaults (2000 / 1000
+    proposals in training / evaluation, 512 sampled RoIs per image) are for images of 800 px; at the
+    recipe's largest training scale s they are multiplied by (s / 800)^2, floored at the 150 proposals of
+    torchvision's own low-resolution model (fasterrcnn_mobilenet_v3_large_320_fpn) and 64 RoIs."""
+    area = (max(parse_scales(cfg.scales) or [cfg.val_size]) / 800) ** 2
+    train, test = max(150, round(2000 * area)), max(150, round(1000 * area))
+    return dict(rpn_pre_nms_top_n_train=train, rpn_post_nms_top_n_train=train, rpn_pre_nms_top_n_test=test,
+                rpn_post_nms_top_n_test=test, box_batch_size_per_image=max(64, round(512 * area)))
+
+
+def build_peer(kind: str, cfg: TrainConfig, num_classes: int, anchor_scale: float,
+               proposals: str = "by_area", width: int = 256) -> nn.Module:
+    """torchvision's `kind` on the recipe's frozen backbone. `width`: the FPN's channels, which set the
+    heads' (torchvision's 256; the box head of Faster R-CNN keeps its ratio, 1024 per 256)."""
     backbone = Backbone(cfg.backbone, train_backbone=False, pretrained=cfg.pretrained_backbone,
                         stride=cfg.backbone_stride, keep_fine=True)
-    body = PyramidBody(backbone)
+    body = PyramidBody(backbone, width)
     strides = (cfg.backbone_stride // 2, cfg.backbone_stride, cfg.backbone_stride * 2)
     sizes = dict(min_size=tuple(parse_scales(cfg.scales) or [cfg.val_size]), max_size=cfg.max_size)
     if kind == "faster_rcnn":
         anchors = AnchorGenerator(tuple((round(4 * s * anchor_scale),) for s in strides), ((0.5, 1.0, 2.0),) * 3)
-        return FasterRCNN(body, num_classes, rpn_anchor_generator=anchors,
-                          box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7, sampling_ratio=2), **sizes)
+        counts = proposal_counts(cfg) if proposals == "by_area" else {}
+        head = TwoMLPHead(width * 7 * 7, 4 * width)
+        return FasterRCNN(body, rpn_anchor_generator=anchors, box_head=head, box_predictor=FastRCNNPredictor(
+                          4 * width, num_classes), box_roi_pool=MultiScaleRoIAlign(["0", "1"], output_size=7,
+                          sampling_ratio=2), **sizes, **counts)
     if kind == "retinanet":
         anchors = AnchorGenerator(tuple(tuple(round(4 * s * anchor_scale * 2 ** (k / 3)) for k in range(3))
                                         for s in strides), ((0.5, 1.0, 2.0),) * 3)
@@ -181,14 +204,14 @@ class CpuBudget:
 
 
 def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_scale: float, anchor_scale: float,
-               seed: int, snapshots: tuple[float, ...] = ()) -> list[dict]:
+               seed: int, snapshots: tuple[float, ...] = (), proposals: str = "by_area", width: int = 256) -> list[dict]:
     """torchvision's `kind` for `minutes` of CPU time; one row per snapshot (CPU minutes, evaluated
     without stopping the schedule) and one at the end."""
     seed_everything(seed)
     train_set = CocoDetection(Path(coco_path) / "train2017", Path(coco_path) / "annotations" / "instances_train2017.json")
     val_set = CocoDetection(Path(coco_path) / "val2017", Path(coco_path) / "annotations" / "instances_val2017.json")
     num_classes = max(coco_api(val_set).getCatIds() + coco_api(train_set).getCatIds()) + 1
-    model = build_peer(kind, cfg, num_classes, anchor_scale)
+    model = build_peer(kind, cfg, num_classes, anchor_scale, proposals, width)
     params = [p for p in model.parameters() if p.requires_grad]
     lr = BASE_LR[kind] * cfg.batch_size / 16 * lr_scale
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4)
@@ -278,15 +301,31 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--recipe", default="shapes_cpu", choices=sorted(RECIPES), help="DETR's recipe, and the "
                         "backbone, sizes and batch for all (default: %(default)s)")
     parser.add_argument("--coco_path", default=None, help="COCO-layout folder (default: the recipe's data set)")
-    parser.add_argument("--minutes", type=float, required=True, help="CPU minutes of training per detector")
+    parser.add_argument("--minutes", type=float, help="CPU minutes of training per detector")
     parser.add_argument("--snapshots", default="", help="comma-separated CPU minutes at which each detector is also "
                         "evaluated on the way (the schedule does not change: e.g. 4 in a 12-minute run)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", required=True, help="JSON lines file, appended to")
+    parser.add_argument("--out", help="JSON lines file, appended to")
     parser.add_argument("--detectors", default="detr," + ",".join(PEERS), help="comma-separated (default: all four)")
     parser.add_argument("--lr_scale", type=float, default=1.0, help="multiplies the peers' learning rates")
     parser.add_argument("--anchor_scale", type=float, default=1.0, help="multiplies the peers' anchor sizes")
+    parser.add_argument("--peer_width", type=int, default=256, help="the peers' FPN and head channels "
+                        "(torchvision's: 256; 128 = the recipe DETR's hidden size)")
+    parser.add_argument("--proposals", default="by_area", choices=("by_area", "standard"), help="Faster R-CNN's "
+                        "proposal and RoI counts: scaled to the image's area (default), or torchvision's for 800 px")
+    parser.add_argument("--summarize", nargs="+", metavar="FILE.jsonl", help="train nothing: the table of these "
+                        "runs' lines, the mean over seeds per data set, CPU minutes and detector")
+    parser.add_argument("--store", metavar="NAME", help="with --summarize: also store the lines as "
+                        "notebooks/results/NAME.json, with the commands that made them (notebook 15 draws it)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        rows = [json.loads(line) for name in args.summarize for line in Path(name).read_text().splitlines() if line]
+        print(summary(rows))
+        if args.store:
+            print("stored in", store(args.store, rows))
+        return
+    if args.minutes is None or args.out is None:
+        parser.error("--minutes and --out are needed to train (or --summarize FILE.jsonl)")
     torch.set_num_threads(1)
     cfg = RECIPES[args.recipe](**({"coco_path": args.coco_path} if args.coco_path else {}))
     coco_path = prepared_dataset(cfg.coco_path)
@@ -302,18 +341,100 @@ def main(argv: list[str]) -> None:
         print(f"== {detector}: {args.minutes} CPU minutes on {coco_path} (seed {args.seed})", flush=True)
         snapshots = tuple(float(m) for m in args.snapshots.split(",") if m)
         new_rows = train_detr(cfg, args.minutes, args.seed, snapshots) if detector == "detr" else \
-            train_peer(detector, cfg, coco_path, args.minutes, args.lr_scale, args.anchor_scale, args.seed, snapshots)
+            train_peer(detector, cfg, coco_path, args.minutes, args.lr_scale, args.anchor_scale, args.seed, snapshots,
+                       args.proposals, args.peer_width)
+        source = "ImageNet" if cfg.pretrained_backbone == "imagenet" else "pretrained on this data set"
         for row in new_rows:
-            row.update(data=str(coco_path), minutes_budget=args.minutes, seed=args.seed, recipe=args.recipe,
-                       backbone=f"{cfg.backbone} ({'ImageNet' if cfg.pretrained_backbone == 'imagenet' else 'pretrained on this data set'}, frozen)",
+            row.update(data=str(coco_path), minutes_budget=args.minutes, snapshots=list(snapshots), seed=args.seed,
+                       recipe=args.recipe, backbone=f"{cfg.backbone} ({source}, frozen)",
                        pretrain_cpu_minutes=round(pretrain_cpu / 60, 2))
             if detector != "detr":
-                row.update(lr_scale=args.lr_scale, anchor_scale=args.anchor_scale)
+                row.update(lr_scale=args.lr_scale, anchor_scale=args.anchor_scale, width=args.peer_width)
+            if detector == "faster_rcnn":
+                row.update(proposals=args.proposals)
             with open(args.out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
         rows += new_rows
     print(table(rows))
+
+
+def commands(rows: list[dict]) -> list[str]:
+    """The commands that made the rows: one per run (data set, budget, seed), its snapshots being its rows
+    below the budget."""
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        runs.setdefault((r["recipe"], r["data"], r["minutes_budget"], r["seed"], r.get("proposals", ""),
+                         r.get("width", 256), r.get("lr_scale", 1.0)), []).append(r)
+    lines = []
+    for (recipe, data, budget, seed, proposals, width, _), rs in sorted(runs.items()):
+        path = Path(data)
+        path = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+        detectors = ",".join(dict.fromkeys(r["detector"] for r in rs))
+        snapshots = ",".join(f"{m:g}" for m in sorted({_minutes(r) for r in rs if _minutes(r) < budget}))
+        peer = next((r for r in rs if "anchor_scale" in r), None)
+        lines.append(f"python benchmarks/peers.py --recipe {recipe} --coco_path {path} --minutes {budget:g}"
+                     + (f" --snapshots {snapshots}" if snapshots else "") + f" --seed {seed} --detectors {detectors}"
+                     + (f" --lr_scale {peer['lr_scale']:g} --anchor_scale {peer['anchor_scale']:g}" if peer else "")
+                     + (" --proposals standard" if proposals == "standard" else "")
+                     + (f" --peer_width {width}" if width != 256 else "")
+                     + " --out peers.jsonl")
+    return lines
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown: per data set, CPU minutes (`_minutes`) and detector, the mean over seeds (AP50's range
+    beside), and the CPU minutes the rows really used."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((Path(r["data"]).name, _minutes(r), label(r)), []).append(r)
+    lines = ["| data | CPU min | detector | AP50 (range) | AP | AP75 | AP_S | AP_M | AP_L | steps | CPU min used | "
+             "params | seeds |", "|---" * 13 + "|"]
+    for (data, minutes, detector), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -_mean(kv[1], "ap50"))):
+        ap50 = [r["ap50"] for r in rs]
+        spread = f" ({min(ap50):.3f}-{max(ap50):.3f})" if len(rs) > 1 else ""
+        ap = " | ".join(_ap(_mean(rs, key)) for key in ("ap", "ap75", "aps", "apm", "apl"))
+        lines.append(f"| {data} | {minutes:g} | {detector} | {_mean(rs, 'ap50'):.3f}{spread} | {ap} | "
+                     f"{_mean(rs, 'steps'):.0f} | {_mean(rs, 'cpu_minutes'):.1f} | {rs[0]['params'] / 1e6:.1f} M | "
+                     f"{','.join(str(r['seed']) for r in rs)} |")
+    return "\n".join(lines)
+
+
+def label(row: dict) -> str:
+    """The detector's name in tables, with what differs from the standard settings: Faster R-CNN with
+    torchvision's 800 px proposal counts, a narrower FPN and heads, a scaled learning rate."""
+    return (row["detector"] + (" (800 px proposals)" if row.get("proposals") == "standard" else "")
+            + (f" (width {row['width']})" if row.get("width", 256) != 256 else "")
+            + (f" (lr x{row['lr_scale']:g})" if row.get("lr_scale", 1.0) != 1.0 else ""))
+
+
+def _minutes(row: dict) -> float:
+    """The CPU minutes a row was asked for: its run's budget when it is the run's last, else its snapshot's
+    (taken at the first step past that time, so a little later; whole minutes for rows that do not list
+    their run's snapshots)."""
+    if row["cpu_minutes"] >= row["minutes_budget"]:
+        return row["minutes_budget"]
+    return max((m for m in row.get("snapshots", ()) if m <= row["cpu_minutes"]), default=int(row["cpu_minutes"]))
+
+
+def _ap(value: float) -> str:
+    return "-" if value < 0 else f"{value:.3f}"              # COCOeval's -1: no object of that size in the split
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def store(name: str, rows: list[dict]) -> Path:
+    """notebooks/results/NAME.json in the stored-run layout (detr_full.course.stored_run): the rows, each
+    with its table `label` and its asked-for CPU `minutes`, the summary table, and the command of each
+    run that made them."""
+    path = RESULTS / f"{name}.json"
+    results = [{**r, "label": label(r), "minutes": _minutes(r)} for r in rows]
+    stored = json.dumps({"command": "\n".join(commands(rows)), "parameters": {}, "table": summary(rows),
+                         "results": results}, indent=1)
+    path.write_text(stored + "\n")
+    return path
 
 
 def table(rows: list[dict]) -> str:
