@@ -360,8 +360,9 @@ def main(argv: list[str]) -> None:
 
 
 def commands(rows: list[dict]) -> list[str]:
-    """The commands that made the rows: one per run (data set, budget, seed), its snapshots being its rows
-    below the budget."""
+    """Commands that make the rows again: one per group of rows that one call makes (data set, budget,
+    seed, the peers' settings; Faster R-CNN's proposal setting splits it from the other detectors of its
+    run), its snapshots being the group's rows below the budget."""
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
         runs.setdefault((r["recipe"], r["data"], r["minutes_budget"], r["seed"], r.get("proposals", ""),
