@@ -119,8 +119,9 @@ def build(device: torch.device, fused: bool = False):
     criterion.to(device)
     optimizer = build_optimizer(model, cfg)
     if fused:                                  # what a GPU gets (build_optimizer fuses there): the CPU has it too
-        groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        groups = [{"params": g["params"], "lr": g["lr"], "weight_decay": g["weight_decay"]}   # not the groups'
+                  for g in optimizer.param_groups]                                # copied fused=None
+        optimizer = torch.optim.AdamW(groups, fused=True)
     return cfg, model, criterion, optimizer
 
 
