@@ -97,12 +97,17 @@ class PyramidBody(nn.Module):
         return self.fpn(maps)                                     # "0", "1", "pool" (stride 32)
 
 
+def _training_sizes(cfg: TrainConfig) -> tuple[int, ...]:
+    """The recipe's training scales (the shorter side), or its val size where it has none."""
+    return tuple(parse_scales(cfg.scales) or [cfg.val_size])
+
+
 def proposal_counts(cfg: TrainConfig) -> dict[str, int]:
     """Faster R-CNN's proposal and RoI counts scaled to the image's area: torchvision's defaults (2000 / 1000
     proposals in training / evaluation, 512 sampled RoIs per image) are for images of 800 px; at the
     recipe's largest training scale s they are multiplied by (s / 800)^2, floored at the 150 proposals of
     torchvision's own low-resolution model (fasterrcnn_mobilenet_v3_large_320_fpn) and 64 RoIs."""
-    area = (max(parse_scales(cfg.scales) or [cfg.val_size]) / 800) ** 2
+    area = (max(_training_sizes(cfg)) / 800) ** 2
     train, test = max(150, round(2000 * area)), max(150, round(1000 * area))
     return dict(rpn_pre_nms_top_n_train=train, rpn_post_nms_top_n_train=train, rpn_pre_nms_top_n_test=test,
                 rpn_post_nms_top_n_test=test, box_batch_size_per_image=max(64, round(512 * area)))
@@ -116,7 +121,7 @@ def build_peer(kind: str, cfg: TrainConfig, num_classes: int, anchor_scale: floa
                         stride=cfg.backbone_stride, keep_fine=True)
     body = PyramidBody(backbone, width)
     strides = (cfg.backbone_stride // 2, cfg.backbone_stride, cfg.backbone_stride * 2)
-    sizes = dict(min_size=tuple(parse_scales(cfg.scales) or [cfg.val_size]), max_size=cfg.max_size)
+    sizes = dict(min_size=_training_sizes(cfg), max_size=cfg.max_size)
     if kind == "faster_rcnn":
         anchors = AnchorGenerator(tuple((round(4 * s * anchor_scale),) for s in strides), ((0.5, 1.0, 2.0),) * 3)
         counts = proposal_counts(cfg) if proposals == "by_area" else {}
@@ -222,7 +227,7 @@ def train_peer(kind: str, cfg: TrainConfig, coco_path: str, minutes: float, lr_s
         with clock.pause():
             rows.append(_record(kind, _evaluate_peer(model, val_set, cfg.val_size), clock.used, steps, model, lr=lr))
             model.train()
-            model.transform.min_size = tuple(parse_scales(cfg.scales) or [cfg.val_size])
+            model.transform.min_size = _training_sizes(cfg)
 
     model.train()
     while clock.used < clock.budget:
