@@ -27,10 +27,11 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 	$(MAKE) test-notebooks
 
-# Every notebook under nbval (check cells compared, the rest must run), then one papermill run of
-# 11 with overridden parameters, proving that injection works.
+# Every notebook under nbval (check cells compared, the rest must run), two at a time, one per core
+# and one torch thread each (notebooks/conftest.py says which must share a worker), then one
+# papermill run of 11 with overridden parameters, proving that injection works.
 test-notebooks: $(VENV)/.installed
-	$(PY) -m pytest $(NBVAL) notebooks/
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(NBVAL) -n 2 --dist loadgroup --no-loadscope-reorder notebooks/
 	mkdir -p outputs
 	$(PY) -m papermill notebooks/11_full_training.ipynb outputs/11_papermill_check.ipynb -k python3 \
 		--cwd notebooks -p epochs 1 -p batch_size 4 -p output_dir outputs/11_papermill_check

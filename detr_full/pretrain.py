@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from filelock import FileLock
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -315,6 +317,14 @@ def ensure_pretrained(coco_path: Optional[PathLike] = None, cfg: Optional[Pretra
     cfg = cfg or PretrainConfig()
     coco_path = Path(coco_path) if coco_path is not None else ensure_shapes()
     path = cache_path(coco_path, cfg, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One maker per cache file: a second process (two notebooks tested side by side) waits, then reuses it.
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        return _cached_or_pretrained(path, coco_path, cfg, progress)
+
+
+def _cached_or_pretrained(path: Path, coco_path: Path, cfg: PretrainConfig, progress: bool) -> Path:
+    """`path` when it holds valid weights for `cfg`, else pretrain now and save them there."""
     if path.is_file():
         try:
             weights = load_checkpoint(path)

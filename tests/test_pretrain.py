@@ -2,10 +2,12 @@
 DETR's backbone loads (with clear errors for files that do not fit)."""
 
 import json
+import threading
 
 import PIL.Image
 import pytest
 import torch
+from filelock import FileLock
 
 from detr_full import pretrain as pretrain_module
 from detr_full.backbone import Backbone
@@ -121,6 +123,27 @@ def test_cache_is_reused_then_rebuilt_when_corrupt(shapes, tmp_path, monkeypatch
     assert ensure_pretrained(shapes, FAST, cache_dir=tmp_path, progress=False) == path
     assert "unusable and will be rebuilt" in capsys.readouterr().err
     assert path.read_bytes() == made                                       # rebuilt, identical (same seed)
+
+
+def test_a_second_maker_waits_for_the_first_then_reuses_its_weights(shapes, tmp_path, monkeypatch):
+    made = ensure_pretrained(shapes, FAST, cache_dir=tmp_path / "elsewhere", progress=False)
+    path = pretrain_module.cache_path(shapes, FAST, tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the second maker should have reused the first one's weights")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", fail)
+    result = {}
+    with FileLock(path.with_name(f".{path.name}.lock")):                    # the first maker, mid-pretraining
+        second = threading.Thread(target=lambda: result.setdefault(
+            "path", ensure_pretrained(shapes, FAST, cache_dir=tmp_path, progress=False)))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive()                                           # waiting, not pretraining
+        path.write_bytes(made.read_bytes())                                # the first maker's weights
+    second.join(timeout=30)
+    assert result["path"] == path
 
 
 def test_cache_key_follows_the_config_and_the_annotations(shapes, tmp_path):

@@ -1,10 +1,12 @@
 """detr_full.data.shapes: determinism, COCO layout, category ids, size spread, ensure_shapes reuse."""
 
 import json
+import threading
 import warnings
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from detr_full.data import shapes
 from detr_full.data.coco import CocoDetection
@@ -113,7 +115,27 @@ def test_ensure_shapes_generates_once_then_reuses(tmp_path, monkeypatch):
     assert ensure_shapes(root) == root
     with pytest.warns(UserWarning, match="other settings"):
         ensure_shapes(root, num_train=5)
-    assert [p.name for p in tmp_path.joinpath("data").iterdir()] == ["shapes"]   # no temp folder left
+    left = sorted(p.name for p in tmp_path.joinpath("data").iterdir())
+    assert left == [".shapes.lock", "shapes"]                            # no temp folder left, only the lock
+
+
+def test_a_second_caller_waits_for_the_first_maker_then_reuses_its_set(tmp_path, monkeypatch):
+    root = tmp_path / "shapes"
+    make = shapes.make_shapes
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the second caller should have reused the first one's data set")
+
+    monkeypatch.setattr(shapes, "make_shapes", fail)
+    result = {}
+    with FileLock(tmp_path / ".shapes.lock"):                              # the first maker, mid-generation
+        second = threading.Thread(target=lambda: result.setdefault("root", ensure_shapes(root)))
+        second.start()
+        second.join(timeout=0.5)
+        assert second.is_alive()                                           # waiting, not generating
+        make(root, num_train=2, num_val=1, workers=1)
+    second.join(timeout=30)
+    assert result["root"] == root
 
 
 def test_a_dataset_from_other_object_sizes_is_reported_not_reused_silently(tmp_path):
@@ -133,7 +155,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(shapes, "_write_split", boom)
     with pytest.raises(KeyboardInterrupt):
         ensure_shapes(tmp_path / "shapes", num_train=1, num_val=1)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".shapes.lock"]          # no half-written set
 
 
 def test_ensure_shapes_refuses_foreign_folder(tmp_path):

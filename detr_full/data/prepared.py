@@ -1,6 +1,7 @@
 """Data sets the project prepares itself on first use (data/shapes, data/trees): made once into a
 temporary sibling folder and renamed into place, so that an interrupted run never leaves a
-half-written data set behind, and a folder someone else made is never overwritten."""
+half-written data set behind, and a folder someone else made is never overwritten. A second process
+asking for the same set meanwhile (two notebooks tested side by side) waits for the first, then uses it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Callable
+
+from filelock import FileLock
 
 MARKER = Path("annotations") / "instances_val2017.json"   # written last: its presence marks a finished set
 
@@ -18,21 +21,25 @@ def build_once(root: Path, make: Callable[[Path], object], what: str) -> Path:
     marker = root / MARKER
     if marker.is_file():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(root.parent / f".{root.name}.lock"):
+        return _make_unless_made(root, make, what)
+
+
+def _make_unless_made(root: Path, make: Callable[[Path], object], what: str) -> Path:
+    marker = root / MARKER
+    if marker.is_file():       # made by the process that held the lock before us
+        return root
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(
             f"{what}: {root} exists but holds no {MARKER}, so it is not a finished data set. Delete or move "
             "it, or pass another root.")
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)  # our own leftover (same pid), e.g. from an interrupted call in this process
     try:
         make(tmp)
-        try:
-            os.replace(tmp, root)  # atomic; replaces an empty `root` folder too
-        except OSError:
-            if not marker.is_file():  # only a concurrent maker finishing first is acceptable
-                raise
+        os.replace(tmp, root)  # atomic; replaces an empty `root` folder too
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
