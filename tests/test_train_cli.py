@@ -194,7 +194,7 @@ def test_pretrained_backbone_pretrain_makes_and_loads_the_weights(shapes, tmp_pa
                     output_dir=str(tmp_path / "run"))                 # lr_backbone 0: the backbone stays as loaded
     main(TrainConfig(**settings))
     assert "Pretraining the resnet18 backbone" in capsys.readouterr().out
-    (weights_file,) = (tmp_path / "cache").iterdir()
+    (weights_file,) = (tmp_path / "cache").glob("*.pth")                 # beside it: the lock file
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
     assert ckpt["args"]["pretrained_backbone"] == str(weights_file)   # the run records which file it used
     weights = torch.load(weights_file, weights_only=True)["model"]
