@@ -42,7 +42,6 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 from tqdm.auto import tqdm
@@ -51,6 +50,7 @@ from detr_full.backbone import Backbone, check_backbone_weights
 from detr_full.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from detr_full.config import PRETRAIN_TASKS, TrainConfig, config_from_args
 from detr_full.data.coco import DatasetError, load_rgb, read_annotation_json, validate_coco
+from detr_full.data.prepared import maker_lock
 from detr_full.data.shapes import DEFAULT_ROOT, ensure_shapes
 from detr_full.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -316,9 +316,8 @@ def ensure_pretrained(coco_path: Optional[PathLike] = None, cfg: Optional[Pretra
     cfg = cfg or PretrainConfig()
     coco_path = Path(coco_path) if coco_path is not None else ensure_shapes()
     path = cache_path(coco_path, cfg, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # One maker per cache file: a second process (two notebooks tested side by side) waits, then reuses it.
-    with FileLock(path.with_name(f".{path.name}.lock")):
+    with maker_lock(path):
         return _cached_or_pretrained(path, coco_path, cfg, progress)
 
 

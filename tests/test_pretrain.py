@@ -7,12 +7,12 @@ import threading
 import PIL.Image
 import pytest
 import torch
-from filelock import FileLock
 
 from detr_full import pretrain as pretrain_module
 from detr_full.backbone import Backbone
 from detr_full.checkpoint import CheckpointError, save_checkpoint
 from detr_full.config import TrainConfig
+from detr_full.data.prepared import maker_lock
 from detr_full.data.shapes import make_shapes
 from detr_full.pretrain import (BackboneClassifier, ClassificationSet, PretrainConfig, ensure_pretrained, pretrain,
                                 pretrained_backbone_path)
@@ -128,14 +128,13 @@ def test_cache_is_reused_then_rebuilt_when_corrupt(shapes, tmp_path, monkeypatch
 def test_a_second_maker_waits_for_the_first_then_reuses_its_weights(shapes, tmp_path, monkeypatch):
     made = ensure_pretrained(shapes, FAST, cache_dir=tmp_path / "elsewhere", progress=False)
     path = pretrain_module.cache_path(shapes, FAST, tmp_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def fail(*args, **kwargs):
         raise AssertionError("the second maker should have reused the first one's weights")
 
     monkeypatch.setattr(pretrain_module, "pretrain", fail)
     result = {}
-    with FileLock(path.with_name(f".{path.name}.lock")):                    # the first maker, mid-pretraining
+    with maker_lock(path):                                                 # the first maker, mid-pretraining
         second = threading.Thread(target=lambda: result.setdefault(
             "path", ensure_pretrained(shapes, FAST, cache_dir=tmp_path, progress=False)))
         second.start()

@@ -6,10 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
-from filelock import FileLock
 
 from detr_full.data import shapes
 from detr_full.data.coco import CocoDetection
+from detr_full.data.prepared import maker_lock
 from detr_full.data.shapes import SHAPES_CATEGORIES, ensure_shapes, make_shapes, render_image
 
 
@@ -128,7 +128,7 @@ def test_a_second_caller_waits_for_the_first_maker_then_reuses_its_set(tmp_path,
 
     monkeypatch.setattr(shapes, "make_shapes", fail)
     result = {}
-    with FileLock(tmp_path / ".shapes.lock"):                              # the first maker, mid-generation
+    with maker_lock(root):                                                 # the first maker, mid-generation
         second = threading.Thread(target=lambda: result.setdefault("root", ensure_shapes(root)))
         second.start()
         second.join(timeout=0.5)

@@ -15,14 +15,20 @@ from filelock import FileLock
 MARKER = Path("annotations") / "instances_val2017.json"   # written last: its presence marks a finished set
 
 
+def maker_lock(path: Path) -> FileLock:
+    """The lock that whoever makes `path` (a data set, a cached weight file) holds meanwhile: an empty
+    `.<name>.lock` file beside it (its folder made if missing), left in place once made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path.parent / f".{path.name}.lock")
+
+
 def build_once(root: Path, make: Callable[[Path], object], what: str) -> Path:
     """`root` when it holds a finished data set (MARKER), else `make(tmp)` then `tmp` renamed to `root`.
     `what` names the data set and its maker in the error for a folder that is not one."""
     marker = root / MARKER
     if marker.is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(root.parent / f".{root.name}.lock"):
+    with maker_lock(root):
         return _make_unless_made(root, make, what)
 
 
