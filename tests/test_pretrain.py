@@ -82,6 +82,26 @@ def test_pretraining_is_deterministic_and_keeps_only_the_layers_detr_uses(shapes
     assert "fc.weight" not in a["model"] and not any(k.startswith("layer4") for k in a["model"])  # stride 16
 
 
+# What pretrain.REVISION gives: FAST's mean loss over its 3 steps on the `shapes` fixture, per task.
+REVISION_GIVES = {2: {"objects": 1.19728, "multilabel": 0.55986}}
+
+
+@pytest.mark.parametrize("task", ["objects", "multilabel"])
+def test_pretraining_gives_what_its_revision_says(shapes, task):
+    """The cache key holds pretrain.REVISION, not the code: a change that makes other weights from the
+    same config and data must bump it, or old weights are reused under the new code's name."""
+    loss = pretrain(shapes, PretrainConfig(**{**vars(FAST), "task": task}), progress=False)["history"][-1]["loss"]
+    assert loss == pytest.approx(REVISION_GIVES[pretrain_module.REVISION][task], rel=1e-4), (
+        f"pretraining now gives another loss ({loss:.5f}) than revision {pretrain_module.REVISION} did: if "
+        "that is intended, bump REVISION in detr_full/pretrain.py and add what the new one gives here")
+
+
+def test_the_cache_key_holds_the_revision(shapes, tmp_path, monkeypatch):
+    base = pretrain_module.cache_path(shapes, FAST, tmp_path)
+    monkeypatch.setattr(pretrain_module, "REVISION", pretrain_module.REVISION + 1)
+    assert pretrain_module.cache_path(shapes, FAST, tmp_path) != base
+
+
 @pytest.mark.parametrize("task", ["objects", "multilabel"])
 def test_loss_falls_on_a_fixed_batch(shapes, task):
     cfg = PretrainConfig(task=task, crop_size=32, image_size=48)
