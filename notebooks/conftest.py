@@ -8,6 +8,10 @@ unit with the notebook that trains it when `make train` has not run (the last of
 notebooks share is made once, by whoever comes first: the data sets (`build_once`) and the
 pretrained backbones (`ensure_pretrained`), each behind a file lock.
 
+The units start in this order: first the notebook that pretrains the course's backbone (02), then
+those that do not use it, then those that do, so that the second worker fills the minute of 02's
+pretraining with notebooks that need nothing from it instead of waiting on the lock.
+
 (The units are made by the scheduler below, not by `xdist_group` marks: xdist 3.8's `--dist
 loadgroup` silently ignores the marks on pytest 9.2, pytest-xdist issue #1386.)"""
 
@@ -27,6 +31,25 @@ def notebook_unit(notebook: Path) -> str:
     if notebook.stem == TRAINS_THE_COURSE_DETECTOR or "course_detector(" in notebook.read_text():
         return TRAINS_THE_COURSE_DETECTOR
     return notebook.stem
+
+
+def uses_the_course_backbone(notebook: Path) -> bool:
+    return "ensure_pretrained(" in notebook.read_text()
+
+
+def start_rank(notebook: Path, notebooks: list[Path]) -> int:
+    """0 for the notebook that pretrains the course's backbone (the first to call `ensure_pretrained`),
+    1 for a unit that does not use that backbone, 2 for one that waits for it."""
+    unit = [nb for nb in notebooks if notebook_unit(nb) == notebook_unit(notebook)]
+    if not any(uses_the_course_backbone(nb) for nb in unit):
+        return 1
+    return 0 if notebook == min(filter(uses_the_course_backbone, notebooks)) else 2
+
+
+def pytest_collection_modifyitems(items):
+    notebooks = sorted({Path(item.fspath) for item in items if item.fspath.ext == ".ipynb"})
+    rank = {nb: start_rank(nb, notebooks) for nb in notebooks}
+    items.sort(key=lambda item: rank.get(Path(item.fspath), 1))   # stable: cells keep their order
 
 
 def scope(nodeid: str, rootpath: Path) -> str:

@@ -32,3 +32,13 @@ def test_a_cell_is_scheduled_with_its_notebooks_unit():
     assert conftest.scope("notebooks/07_auxiliary_decoding_losses.ipynb::Cell 5", root) == \
         "07_auxiliary_decoding_losses"
     assert conftest.scope("tests/test_box_ops.py::test_iou", root) == "tests/test_box_ops.py"
+
+
+def test_the_backbones_maker_starts_first_and_its_users_last():
+    conftest = load_conftest()
+    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    ranks = {nb.stem[:2]: conftest.start_rank(nb, notebooks) for nb in notebooks}
+    assert [n for n, r in ranks.items() if r == 0] == ["02"]
+    assert [n for n, r in ranks.items() if r == 1] == ["00", "01", "03", "04", "05", "06", "11", "14"]
+    # 12 and 13 use no backbone of their own but share 10's unit, so they start with it
+    assert [n for n, r in ranks.items() if r == 2] == ["07", "08", "09", "10", "12", "13", "15"]
