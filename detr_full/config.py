@@ -81,6 +81,8 @@ class TrainConfig(DETRConfig):
     lr_drop: int = 200                  # StepLR step size in epochs (gamma 0.1)
     clip_max_norm: float = 0.1          # gradient clipping max norm; 0 disables
     warmup_steps: int = 0               # linear lr warm-up in iterations; 0 = official (none)
+    ema_decay: float = 0.0              # evaluate and save a moving average of the weights (ema.py), e.g.
+                                        # 0.999; 0 = official (the last step's weights)
     pretrain_task: str = "objects"      # with pretrained_backbone="pretrain": detr_full.pretrain's task
     pretrain_steps: int = 600           # ... and its length (cached: made once per dataset and config)
     frozen_weights: Optional[str] = None
@@ -192,6 +194,9 @@ def check_training(cfg: TrainConfig) -> None:
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr_drop < 1 or cfg.warmup_steps < 0 or cfg.log_every < 0:
         raise ConfigError(f"need batch_size >= 1, epochs >= 0, lr_drop >= 1, warmup_steps >= 0 and log_every >= 0; "
                           f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}, {cfg.log_every}.")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ConfigError(f"ema_decay must be in [0, 1): 0 turns the weight EMA off, 0.999 averages over about the "
+                          f"last thousand steps; got {cfg.ema_decay}.")
     parse_scales(cfg.scales)
     if cfg.pad_to < 1:
         raise ConfigError(f"pad_to must be >= 1 (1: pad to the largest image, as the official code); got {cfg.pad_to}.")

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import (all_gather_object, all_reduce_sum, get_world_size, is_main_process,
                                    reduce_mean_dict)
+from detr_full.ema import WeightEMA
 from detr_full.matcher import NonFiniteCostError
 
 
@@ -175,14 +176,15 @@ class _DeviceLog:
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device | str, epoch: int, max_norm: float = 0.0,
                     scheduler_step: Optional[Callable[[], Any]] = None, amp: bool = False,
-                    progress: bool = True, log_every: int = 1) -> dict[str, float]:
+                    progress: bool = True, log_every: int = 1, ema: Optional[WeightEMA] = None) -> dict[str, float]:
     """Train for one pass over `loader`; return global averages of the logged values.
 
     `loader` yields `(images (B,3,H,W), padding_mask (B,H,W) True on padding, targets)`, targets with
     `labels` (T,) and `boxes` (T,4) normalised cxcywh. `scheduler_step` (e.g. a warm-up) is called
-    after every optimizer step. Returned keys: `loss`, the weighted terms (`loss_ce`, ...),
-    `{k}_unscaled` for every criterion output, `class_error`, `lr`. `log_every`: read the logged values
-    back from the device every this many steps (1: every step, and every check before the update).
+    after every optimizer step, then `ema.update()` (the weight average, ema.py). Returned keys:
+    `loss`, the weighted terms (`loss_ce`, ...), `{k}_unscaled` for every criterion output,
+    `class_error`, `lr`. `log_every`: read the logged values back from the device every this many
+    steps (1: every step, and every check before the update).
     Raises `NonFiniteLossError` when the outputs or the loss are NaN/inf; the update of that step is
     never applied.
     """
@@ -238,6 +240,8 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
             optimizer.step()
             if scheduler_step is not None:
                 scheduler_step()
+            if ema is not None:
+                ema.update()
 
             if log_every == 1:
                 class_error = float(reduced["class_error"]) if "class_error" in reduced else float("nan")

@@ -26,6 +26,7 @@ from torch.utils.data import Subset
 from detr_full.config import TrainConfig
 from detr_full.data.coco import coco_api
 from detr_full.diagnostics import MatchingMonitor
+from detr_full.ema import WeightEMA
 from detr_full.engine import evaluate, train_one_epoch
 from detr_full.rng import capture_rng_state, restore_rng_state
 from detr_full.run_setup import Run, setup_run
@@ -45,7 +46,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     (keys in the module docstring). `cfg.pretrained_backbone="pretrain"` uses the cached pretraining
     (made first when missing; its time is not counted). `matcher` replaces the criterion's
     Hungarian matcher, in training and in the val losses (an experiment: notebook 13). `keep`, a
-    dict, receives the trained `model`, `criterion`, `postprocess`, the `val_set` and `cfg` at the end."""
+    dict, receives the trained `model` (with `cfg.ema_decay`: the weight average, which the curve
+    evaluates), `criterion`, `postprocess`, the `val_set` and `cfg` at the end."""
     if steps < 1 or eval_every < 1:
         raise ValueError(f"learning_curve needs steps >= 1 and eval_every >= 1; got {steps} and {eval_every}.")
     run = setup_run(cfg, log=lambda message: None)
@@ -54,13 +56,15 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     if matcher is not None:
         criterion.matcher = matcher
     monitor, coco_gt, batches = MatchingMonitor(), coco_api(ds_val), _batches(run)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    evaluated = model if ema is None else ema.module     # with ema_decay the curve is the average's
     curve: list[dict] = []
     cpu = wall = 0.0
     done, train_stats = 0, {}
     while True:
         rng = capture_rng_state()       # evaluating must not shift the training's random streams
         with contextlib.redirect_stdout(io.StringIO()):                   # pycocotools' 12-line summary
-            stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(dataset=ds_val),
+            stats, coco_eval = evaluate(evaluated, criterion, postprocess, run.val_loader(dataset=ds_val),
                                         coco_gt, device, progress=False, monitor=monitor)
         restore_rng_state(rng)
         point = {"step": done, "cpu_min": cpu / 60, "wall_min": wall / 60, "AP": coco_eval.stats[0],
@@ -76,13 +80,13 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
                   f"{point['box_spread']:.3f}  ({point['cpu_min']:.1f} CPU min)", flush=True)
         if done == steps:
             if keep is not None:
-                keep.update(model=model, criterion=criterion, postprocess=postprocess, val_set=ds_val, cfg=cfg)
+                keep.update(model=evaluated, criterion=criterion, postprocess=postprocess, val_set=ds_val, cfg=cfg)
             return curve
         n = min(eval_every, steps - done)
         c0, w0 = time.process_time(), time.perf_counter()
         train_stats = train_one_epoch(model, criterion, itertools.islice(batches, n), run.optimizer, device, epoch=0,
                                       max_norm=cfg.clip_max_norm, scheduler_step=run.warmup.step, progress=False,
-                                      log_every=run.log_every)
+                                      log_every=run.log_every, ema=ema)
         cpu += time.process_time() - c0
         wall += time.perf_counter() - w0
         done += n

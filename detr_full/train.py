@@ -20,6 +20,8 @@ Differences from the official `main.py`:
   `torch.load(weights_only=True)` and `predict.py` can name classes.
 - `--finetune_from CKPT` loads weights only and drops those whose shape differs (class head,
   queries); `--warmup_steps N` adds a linear lr warm-up over the first N iterations (optim.py).
+- `--ema_decay D` (e.g. 0.999) evaluates a moving average of the weights (ema.py); its checkpoints
+  hold the average as `model` and the trained weights as `raw_model`, which a resume continues.
 - A non-finite loss stops training with a clear message (exit code 1) and leaves the last good
   checkpoint in place; bad input (dataset, checkpoint, unsupported flag) exits with code 2.
 - `eval.pth` / `eval/*.pth` hold the COCOeval.eval dict with numpy arrays turned into tensors and
@@ -52,6 +54,7 @@ from detr_full.cuda_graphs import GraphedDETR
 from detr_full.data.coco import DatasetError, coco_api
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
+from detr_full.ema import WeightEMA
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
 from detr_full.rng import capture_rng_state, restore_rng_state
 from detr_full.run_setup import resolve_device, setup_run
@@ -161,7 +164,9 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
     start_epoch, rng_to_restore = cfg.start_epoch, None
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, map_location="cpu")
-        load_model_weights(model_without_ddp, ckpt["model"], source=cfg.resume)
+        # A run with weight EMA saved the average as `model` and the weights it trains as `raw_model`.
+        trained = "model" if cfg.eval or "raw_model" not in ckpt else "raw_model"
+        load_model_weights(model_without_ddp, ckpt[trained], source=cfg.resume)
         if not cfg.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
             optimizer.load_state_dict(ckpt["optimizer"])
             lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -193,6 +198,14 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
             save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
         return {**_prefixed("test", stats), **_prefixed(cfg.extra_val, extra), "n_parameters": n_parameters}
 
+    ema = WeightEMA(model_without_ddp, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if ema is not None and cfg.resume and "raw_model" in ckpt:
+        ema.load(ckpt["model"], ckpt["ema_updates"])
+    elif ema is not None and cfg.resume:
+        log(f"Note: {cfg.resume} has no weight average (it was trained without --ema_decay); the average "
+            "starts from its weights.")
+    evaluated = model if ema is None else ema.module    # the model whose AP is logged and saved as `model`
+
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)
     log("Start training")
@@ -209,7 +222,7 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
                               "Lower --batch_size.")
         train_stats = train_one_epoch(model, criterion, loader, optimizer, device, epoch, cfg.clip_max_norm,
                                       scheduler_step=warmup.step if cfg.warmup_steps > 0 else None, amp=cfg.amp,
-                                      log_every=run.log_every)
+                                      log_every=run.log_every, ema=ema)
         lr_scheduler.step()
 
         # Evaluation must not shift the random streams, or a resumed run (which skips it) would differ.
@@ -218,13 +231,15 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
             ckpt = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
                     "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch, "args": dataclasses.asdict(cfg),
                     "rng": rng, "warmup": warmup.state_dict(), "categories": run.categories}
+            if ema is not None:
+                ckpt.update(model=ema.module.state_dict(), raw_model=ckpt["model"], ema_updates=ema.updates)
             save_checkpoint(ckpt, output_dir / "checkpoint.pth")
             if (epoch + 1) % cfg.lr_drop == 0 or (epoch + 1) % 100 == 0:
                 save_checkpoint(ckpt, output_dir / f"checkpoint{epoch:04}.pth")
 
-        test_stats, coco_eval = evaluate(model, criterion, postprocess, run.val_loader(distributed), coco_gt, device,
-                                         amp=cfg.amp, monitor=monitor)
-        extra = _evaluate_extra(run, model, distributed)
+        test_stats, coco_eval = evaluate(evaluated, criterion, postprocess, run.val_loader(distributed), coco_gt,
+                                         device, amp=cfg.amp, monitor=monitor)
+        extra = _evaluate_extra(run, evaluated, distributed)
         restore_rng_state(rng[get_rank()])
         last = {**_prefixed("train", train_stats), **_prefixed("test", test_stats), **_prefixed(cfg.extra_val, extra),
                 "epoch": epoch, "n_parameters": n_parameters}

@@ -30,12 +30,15 @@ def test_points_at_zero_every_n_and_the_end(shapes):
 
 def test_trains_the_same_batches_as_the_cli(shapes, tmp_path):
     """4 steps of learning_curve == the CLI's first 4 iterations (one epoch of 8 images in batches of 2):
-    the same validation loss afterwards."""
-    cfg = TrainConfig(**TINY, coco_path=str(shapes), epochs=1, lr_drop=10)
-    curve = learning_curve(cfg, steps=4, eval_every=4)
-    stats = main(TrainConfig(**{**TINY, "coco_path": str(shapes), "epochs": 1, "lr_drop": 10,
-                                "output_dir": str(tmp_path)}))
-    assert curve[-1]["val_loss"] == pytest.approx(stats["test_loss"], rel=1e-5)
+    the same validation loss afterwards; with a weight EMA, both evaluate the same average."""
+    val_loss = {}
+    for ema_decay in (0.0, 0.9):
+        settings = dict(TINY, coco_path=str(shapes), epochs=1, lr_drop=10, ema_decay=ema_decay)
+        curve = learning_curve(TrainConfig(**settings), steps=4, eval_every=4)
+        stats = main(TrainConfig(**settings, output_dir=str(tmp_path / str(ema_decay))))
+        assert curve[-1]["val_loss"] == pytest.approx(stats["test_loss"], rel=1e-5)
+        val_loss[ema_decay] = stats["test_loss"]
+    assert val_loss[0.9] != pytest.approx(val_loss[0.0], rel=1e-4)      # the average is another model
 
 
 def test_bad_budget_is_refused(shapes):

@@ -83,8 +83,9 @@ def test_eval_resume_reevaluates(trained, shapes, tmp_path):
 
 @pytest.mark.parametrize("options", [{}, {"num_query_groups": 2, "aspect_ratio_grouping": True},
                                      {"spatial_prior": True, "dn_groups": 2},
-                                     {"spatial_prior": True, "anchor_queries": True, "focal_loss": True}],
-                         ids=["official", "query_groups+aspect_grouping", "denoising", "anchor_queries+focal"])
+                                     {"spatial_prior": True, "anchor_queries": True, "focal_loss": True},
+                                     {"ema_decay": 0.9}],
+                         ids=["official", "query_groups+aspect_grouping", "denoising", "anchor_queries+focal", "ema"])
 def test_resume_is_bit_exact(shapes, tmp_path, options):
     """2 epochs in one go == 1 epoch, stop, resume for the 2nd: same weights, optimizer and log."""
     settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, lr_drop=1, warmup_steps=3, dropout=0.1, **options)
@@ -95,15 +96,31 @@ def test_resume_is_bit_exact(shapes, tmp_path, options):
     a = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pth", weights_only=True)
     assert a["epoch"] == b["epoch"] == 1
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a.keys() == b.keys() and a["model"].keys() == b["model"].keys()
+    for weights in ("model", "raw_model") if "raw_model" in a else ("model",):   # with EMA: the average, the trained
+        for k in a[weights]:
+            assert torch.equal(a[weights][k], b[weights][k]), (weights, k)
+    assert a.get("ema_updates") == b.get("ema_updates")
     for i, state in a["optimizer"]["state"].items():
         assert torch.equal(state["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     assert a["lr_scheduler"] == b["lr_scheduler"] and a["warmup"] == b["warmup"]
     assert read_log(tmp_path / "a") == read_log(tmp_path / "b")
     assert resumed["epoch"] == 1
+
+
+def test_with_ema_the_checkpoint_holds_the_average_that_was_evaluated(shapes, tmp_path):
+    """`model` is the average (what the log's AP is of, and what --eval reproduces), `raw_model` the
+    optimizer's weights; they differ after training."""
+    settings = dict(TINY, coco_path=str(shapes), lr_backbone=1e-5, ema_decay=0.9)
+    main(TrainConfig(**settings, output_dir=str(tmp_path / "run")))
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pth", weights_only=True)
+    assert ckpt["ema_updates"] == 4                       # 8 images, batch 2, one epoch
+    assert not torch.equal(ckpt["model"]["class_embed.weight"], ckpt["raw_model"]["class_embed.weight"])
+    [entry] = read_log(tmp_path / "run")
+    stats = main(TrainConfig(**settings, eval=True, resume=str(tmp_path / "run" / "checkpoint.pth")))
+    assert stats["test_coco_eval_bbox"] == pytest.approx(entry["test_coco_eval_bbox"], abs=1e-9)
+    assert stats["test_loss"] == pytest.approx(entry["test_loss"], rel=1e-5)
 
 
 def test_backbone_in_loader_trains_the_same_model(shapes, tmp_path):
