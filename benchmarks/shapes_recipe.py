@@ -34,6 +34,7 @@ import torch
 
 from detr_full.config import RECIPES, TrainConfig, add_config_arguments
 from detr_full.data.coco import coco_api
+from detr_full.ema import WeightEMA
 from detr_full.engine import evaluate, train_one_epoch
 from detr_full.run_setup import setup_run
 
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> None:
         print(f"[{ns.name}] pretraining: {pretrain_wall:.0f} s wall, {pretrain_cpu:.0f} s CPU", flush=True)
     cfg, model, criterion, postprocess = run.cfg, run.model, run.criterion, run.postprocess
     optimizer, warmup, ds_val = run.optimizer, run.warmup, run.val_set
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    evaluated = model if ema is None else ema.module     # --ema_decay: the points are the average's
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[{ns.name}] {n_params:,} trainable parameters", flush=True)
 
@@ -79,13 +82,14 @@ def main(argv: list[str]) -> None:
     curve: list[dict] = []
 
     def run_eval() -> dict:
-        stats, _ = evaluate(model, criterion, postprocess, run.val_loader(), coco_api(ds_val), "cpu", progress=False)
+        stats, _ = evaluate(evaluated, criterion, postprocess, run.val_loader(), coco_api(ds_val), "cpu",
+                            progress=False)
         ap = stats["coco_eval_bbox"]
         point = {"AP": round(ap[0], 4), "AP50": round(ap[1], 4), "APs": round(ap[3], 4), "APm": round(ap[4], 4),
                  "APl": round(ap[5], 4), "val_loss": round(stats["loss"], 3),
                  "val_class_error": round(stats["class_error"], 1)}
         if run.extra_val_set is not None:                  # e.g. the trees' other sites
-            extra, _ = evaluate(model, criterion, postprocess, run.val_loader(dataset=run.extra_val_set),
+            extra, _ = evaluate(evaluated, criterion, postprocess, run.val_loader(dataset=run.extra_val_set),
                                 coco_api(run.extra_val_set), "cpu", progress=False)
             point.update({f"{cfg.extra_val}_AP": round(extra["coco_eval_bbox"][0], 4),
                           f"{cfg.extra_val}_AP50": round(extra["coco_eval_bbox"][1], 4)})
@@ -109,6 +113,8 @@ def main(argv: list[str]) -> None:
     def after_step() -> None:
         nonlocal steps, dropped, paused_wall, paused_cpu
         warmup.step()
+        if ema is not None:
+            ema.update()
         steps += 1
         if ns.eval_every and steps % ns.eval_every == 0 and not (ns.steps and steps >= ns.steps):
             t0, c0 = time.perf_counter(), time.process_time()
