@@ -195,8 +195,7 @@ def check_training(cfg: TrainConfig) -> None:
         raise ConfigError(f"need batch_size >= 1, epochs >= 0, lr_drop >= 1, warmup_steps >= 0 and log_every >= 0; "
                           f"got {cfg.batch_size}, {cfg.epochs}, {cfg.lr_drop}, {cfg.warmup_steps}, {cfg.log_every}.")
     if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ConfigError(f"ema_decay must be in [0, 1): 0 turns the weight EMA off, 0.999 averages over about the "
-                          f"last thousand steps; got {cfg.ema_decay}.")
+        raise ConfigError(f"ema_decay must be in [0, 1) (0: no weight average; e.g. 0.999); got {cfg.ema_decay}.")
     parse_scales(cfg.scales)
     if cfg.pad_to < 1:
         raise ConfigError(f"pad_to must be >= 1 (1: pad to the largest image, as the official code); got {cfg.pad_to}.")
