@@ -308,7 +308,7 @@ def cache_path(coco_path: PathLike, cfg: PretrainConfig, cache_dir: Optional[Pat
     if not ann_file.is_file():
         raise DatasetError(f"{ann_file} does not exist, so the backbone cannot be pretrained on {coco_path}. "
                            "Pass a COCO-layout folder (annotations/instances_train2017.json + train2017/).")
-    digest = hashlib.sha1(json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode())
+    digest = hashlib.sha1(json.dumps({**dataclasses.asdict(cfg), "revision": REVISION}, sort_keys=True).encode())
     digest.update(ann_file.read_bytes())
     return Path(cache_dir or DEFAULT_CACHE) / f"{cfg.backbone}_stride{cfg.stride}_{cfg.task}_{digest.hexdigest()[:12]}.pth"
 
