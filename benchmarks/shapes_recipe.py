@@ -34,7 +34,7 @@ import torch
 
 from detr_full.config import RECIPES, TrainConfig, add_config_arguments
 from detr_full.data.coco import coco_api
-from detr_full.ema import WeightEMA
+from detr_full.ema import evaluated_model, weight_ema
 from detr_full.engine import evaluate, train_one_epoch
 from detr_full.run_setup import setup_run
 
@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
         print(f"[{ns.name}] pretraining: {pretrain_wall:.0f} s wall, {pretrain_cpu:.0f} s CPU", flush=True)
     cfg, model, criterion, postprocess = run.cfg, run.model, run.criterion, run.postprocess
     optimizer, warmup, ds_val = run.optimizer, run.warmup, run.val_set
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    evaluated = model if ema is None else ema.module     # --ema_decay: the points are the average's
+    ema = weight_ema(model, cfg.ema_decay)
+    evaluated = evaluated_model(model, ema)     # --ema_decay: the points are the average's
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"[{ns.name}] {n_params:,} trainable parameters", flush=True)
 

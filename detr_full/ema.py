@@ -62,3 +62,13 @@ class WeightEMA:
         """Continue an average that a checkpoint saved (its `model` and `ema_updates`)."""
         self.module.load_state_dict(averaged_state)
         self.updates = int(updates)
+
+
+def weight_ema(model: nn.Module, decay: float) -> WeightEMA | None:
+    """The average `TrainConfig.ema_decay` asks for: None when it is 0 (off, the official training)."""
+    return WeightEMA(model, decay) if decay > 0 else None
+
+
+def evaluated_model(model: nn.Module, ema: WeightEMA | None) -> nn.Module:
+    """The model to evaluate, log and save as `model`: the average when there is one."""
+    return model if ema is None else ema.module

@@ -26,7 +26,7 @@ from torch.utils.data import Subset
 from detr_full.config import TrainConfig
 from detr_full.data.coco import coco_api
 from detr_full.diagnostics import MatchingMonitor
-from detr_full.ema import WeightEMA
+from detr_full.ema import evaluated_model, weight_ema
 from detr_full.engine import evaluate, train_one_epoch
 from detr_full.rng import capture_rng_state, restore_rng_state
 from detr_full.run_setup import Run, setup_run
@@ -56,8 +56,8 @@ def learning_curve(cfg: TrainConfig, steps: int, eval_every: int, val_images: Op
     if matcher is not None:
         criterion.matcher = matcher
     monitor, coco_gt, batches = MatchingMonitor(), coco_api(ds_val), _batches(run)
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    evaluated = model if ema is None else ema.module     # with ema_decay the curve is the average's
+    ema = weight_ema(model, cfg.ema_decay)
+    evaluated = evaluated_model(model, ema)     # with ema_decay the curve is the average's
     curve: list[dict] = []
     cpu = wall = 0.0
     done, train_stats = 0, {}

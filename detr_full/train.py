@@ -54,7 +54,7 @@ from detr_full.cuda_graphs import GraphedDETR
 from detr_full.data.coco import DatasetError, coco_api
 from detr_full.diagnostics import MatchingMonitor
 from detr_full.distributed import all_gather_object, get_rank, get_world_size, init_distributed, is_main_process
-from detr_full.ema import WeightEMA
+from detr_full.ema import evaluated_model, weight_ema
 from detr_full.engine import NonFiniteLossError, evaluate, train_one_epoch
 from detr_full.rng import capture_rng_state, restore_rng_state
 from detr_full.run_setup import resolve_device, setup_run
@@ -198,13 +198,13 @@ def _run(cfg: TrainConfig, device: torch.device, distributed: bool, derive_num_c
             save_checkpoint(coco_eval_record(coco_eval), output_dir / "eval.pth")
         return {**_prefixed("test", stats), **_prefixed(cfg.extra_val, extra), "n_parameters": n_parameters}
 
-    ema = WeightEMA(model_without_ddp, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = weight_ema(model_without_ddp, cfg.ema_decay)
     if ema is not None and cfg.resume and "raw_model" in ckpt:
         ema.load(ckpt["model"], ckpt["ema_updates"])
     elif ema is not None and cfg.resume:
         log(f"Note: {cfg.resume} has no weight average (it was trained without --ema_decay); the average "
             "starts from its weights.")
-    evaluated = model if ema is None else ema.module    # the model whose AP is logged and saved as `model`
+    evaluated = evaluated_model(model, ema)    # the model whose AP is logged and saved as `model`
 
     if rng_to_restore is not None:
         restore_rng_state(rng_to_restore)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from detr_full.config import ConfigError, TrainConfig, check_config
-from detr_full.ema import WeightEMA
+from detr_full.ema import WeightEMA, evaluated_model, weight_ema
 
 
 def one_weight(value: float) -> nn.Linear:
@@ -59,3 +59,10 @@ def test_a_decay_outside_0_1_is_refused(decay):
 def test_the_config_refuses_a_decay_of_1():
     with pytest.raises(ConfigError, match="ema_decay must be in \\[0, 1\\)"):
         check_config(TrainConfig(ema_decay=1.0))
+
+
+def test_decay_0_makes_no_average_and_evaluates_the_model():
+    model = one_weight(1.0)
+    assert weight_ema(model, 0.0) is None and evaluated_model(model, None) is model
+    ema = weight_ema(model, 0.999)
+    assert isinstance(ema, WeightEMA) and evaluated_model(model, ema) is ema.module
