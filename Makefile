@@ -41,9 +41,9 @@ test-notebooks: $(VENV)/.installed
 	$(PY) -m papermill notebooks/11_full_training.ipynb outputs/11_papermill_check.ipynb -k python3 \
 		--cwd notebooks -p epochs 1 -p batch_size 4 -p output_dir outputs/11_papermill_check
 
-# DETR on the synthetic shapes set, backbone pretraining included, sized for 2 CPU cores (detr_full.
-# config.shapes_cpu_recipe; the same as `python -m detr_full.train --recipe shapes_cpu`), or the paper's
-# recipe on COCO. Writes outputs/11_full_training.ipynb (executed) and the checkpoint, log and
+# DETR on the synthetic shapes set from the ImageNet MobileNetV2, sized for 2 CPU cores (detr_full.
+# config.shapes_imagenet_recipe; the same as `python -m detr_full.train --recipe shapes_imagenet`), or the
+# paper's recipe on COCO. Writes outputs/11_full_training.ipynb (executed) and the checkpoint, log and
 # plots under outputs/shapes (or outputs/coco); run again, it resumes an interrupted run.
 COCO ?=
 train: $(VENV)/.installed

@@ -35,9 +35,9 @@ def find_course_checkpoint(repo: Union[str, Path]) -> Optional[Path]:
 
 def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "auto", seed: int = 42) -> Path | str:
     """The trained shapes detector a notebook starts from. `choice`: "auto" = the first of
-    COURSE_CHECKPOINTS that exists, else as "train"; "train" = 3 epochs of the shapes recipe, the lr / 10
-    for the last, written to `output_dir` by `python -m detr_full.train` (a few minutes, more the first
-    time: the backbone's pretraining); anything else is a checkpoint path or URL, returned as it is."""
+    COURSE_CHECKPOINTS that exists, else as "train"; "train" = 3 epochs of make train's recipe
+    (`shapes_imagenet`), the lr / 10 for the last, written to `output_dir` by `python -m detr_full.train`
+    (a few minutes); anything else is a checkpoint path or URL, returned as it is."""
     if choice == "auto":
         found = find_course_checkpoint(repo)
         if found is not None:
@@ -45,8 +45,8 @@ def course_detector(choice: str, repo: Path, output_dir: Path, device: str = "au
         choice = "train"
     if choice != "train":
         return choice
-    print("no trained shapes detector in this checkout: training 3 epochs of the shapes recipe first", flush=True)
-    train_briefly(["--recipe", "shapes_cpu", "--epochs", "3", "--lr_drop", "2", "--device", str(device),
+    print("no trained shapes detector in this checkout: training 3 epochs of make train's recipe first", flush=True)
+    train_briefly(["--recipe", "shapes_imagenet", "--epochs", "3", "--lr_drop", "2", "--device", str(device),
                    "--seed", str(seed), "--output_dir", str(output_dir)])
     return Path(output_dir) / "checkpoint.pth"
 

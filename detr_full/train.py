@@ -275,8 +275,9 @@ def parse_args(argv: Sequence[str]) -> tuple[TrainConfig, bool]:
         description="Train or evaluate DETR (flags and defaults of the official main.py).")
     parser.add_argument("--recipe", choices=sorted(RECIPES),
                         help="start from a named recipe's values instead of the official defaults; "
-                             "other flags still override them (shapes_cpu: DETR on shapes from a pretrained, frozen "
-                             "ResNet-18, in minutes on 2 CPU cores)")
+                             "other flags still override them (shapes_cpu: DETR on shapes from a ResNet-18 pretrained "
+                             "on their crops, frozen, in minutes on 2 CPU cores; shapes_imagenet: the same from "
+                             "the ImageNet MobileNetV2, 8 epochs instead of 12; trees_cpu: aerial tree crowns)")
     cfg = config_from_args(TrainConfig, argv, parser=parser, defaults=RECIPES[recipe]() if recipe else None)
     given = any(a == "--num_classes" or a.startswith("--num_classes=") for a in argv)
     return cfg, given

@@ -30,7 +30,7 @@ def test_course_detector_finds_make_trains_then_the_recipe_notebooks_then_trains
     monkeypatch.setattr(course, "train_briefly", lambda argv: trained.append(argv))
     out = tmp_path / "nb"
     assert course_detector("auto", tmp_path, out, "cpu", 3) == out / "checkpoint.pth"       # nothing yet: trains
-    assert trained == [["--recipe", "shapes_cpu", "--epochs", "3", "--lr_drop", "2", "--device", "cpu",
+    assert trained == [["--recipe", "shapes_imagenet", "--epochs", "3", "--lr_drop", "2", "--device", "cpu",
                         "--seed", "3", "--output_dir", str(out)]]
     for path in ("outputs/10_learning_in_minutes/checkpoint.pth", "outputs/shapes/checkpoint.pth"):
         (tmp_path / path).parent.mkdir(parents=True)

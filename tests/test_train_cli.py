@@ -3,6 +3,7 @@
 A tiny DETR (resnet18, hidden 32, 1+1 layers, 5 queries) on 8 + 4 synthetic shapes images at 64 px.
 """
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -202,6 +203,18 @@ def test_recipe_sets_defaults_that_flags_still_override():
     assert cfg == shapes_cpu_recipe(epochs=3, pre_norm=False)
     cfg, _ = parse_args(["--pre_norm", "--no_aux_loss", "--dilation"])  # the official store_true flags
     assert cfg.pre_norm and cfg.dilation and not cfg.aux_loss and cfg.lr == 1e-4
+
+
+def test_shapes_imagenet_recipe_is_the_shapes_recipe_with_another_backbone_and_schedule():
+    from detr_full.config import shapes_cpu_recipe
+    from detr_full.train import parse_args
+
+    cfg, _ = parse_args(["--recipe", "shapes_imagenet"])
+    base = shapes_cpu_recipe()
+    differ = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+    assert differ == {"backbone", "pretrained_backbone", "epochs", "lr_drop"}   # the same DETR otherwise
+    assert (cfg.backbone, cfg.pretrained_backbone) == ("mobilenet_v2", "imagenet")
+    assert cfg.lr_drop < cfg.epochs < base.epochs                             # a drop inside a shorter run
 
 
 def test_pretrained_backbone_pretrain_makes_and_loads_the_weights(shapes, tmp_path, monkeypatch, capsys):
